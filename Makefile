@@ -1,0 +1,51 @@
+# Two commands matter: `make run` (a local network and a live view of one node)
+# and `make test` (lint, types and the whole test suite). Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+NODES ?= 25
+TESTNET_DIR ?= $(CURDIR)/data/testnet
+
+.PHONY: install run test lint typecheck bench system-deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# nft (Debian's nftables) and iproute2 serve the NAT lab; tmux serves the TUI test.
+system-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		missing=""; \
+		command -v nft >/dev/null || missing="$$missing nftables"; \
+		command -v ip >/dev/null || missing="$$missing iproute2"; \
+		command -v tmux >/dev/null || missing="$$missing tmux"; \
+		if [ -n "$$missing" ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		fi; \
+	fi
+
+run: install
+	$(BIN)/autonomi-actors testnet start --nodes $(NODES) --dir $(TESTNET_DIR)
+	@echo "Put a file:  $(BIN)/autonomi-actors put FILE --testnet $(TESTNET_DIR)"
+	@echo "Stop it:     $(BIN)/autonomi-actors testnet stop --dir $(TESTNET_DIR)"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+test: install system-deps lint typecheck
+	$(BIN)/pytest
+
+bench: install
+	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

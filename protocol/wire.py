@@ -1,0 +1,189 @@
+"""Wire messages and framing.
+
+Every message is a msgspec Struct in one tagged union. On the wire a message
+travels in a frame::
+
+    +----------------+---------+------------------------+
+    | length: u32 BE | version | msgpack body (tagged)  |
+    +----------------+---------+------------------------+
+
+``length`` counts the bytes after itself (version + body). A frame is at most
+``MAX_FRAME_BYTES`` long in all, a chunk's content at most ``MAX_CHUNK_BYTES``.
+Every failure to decode, whatever its cause, raises ``WireError``.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from typing import Annotated, Final
+
+import msgspec
+
+from protocol.xor import ADDRESS_BYTES
+
+WIRE_VERSION: Final = 1
+MAX_CHUNK_BYTES: Final = 4 * 1024 * 1024
+MAX_FRAME_BYTES: Final = 5 * 1024 * 1024
+MAX_PEERS_PER_REPLY: Final = 64
+MAX_ADDRS_PER_PEER: Final = 8
+MAX_ADDR_CHARS: Final = 256
+MAX_ERROR_CHARS: Final = 1024
+
+_HEADER = struct.Struct(">IB")
+HEADER_BYTES: Final = _HEADER.size
+
+Address = Annotated[bytes, msgspec.Meta(min_length=ADDRESS_BYTES, max_length=ADDRESS_BYTES)]
+"""A 32-byte point of the XOR space: a PeerId or a chunk address."""
+ChunkContent = Annotated[bytes, msgspec.Meta(max_length=MAX_CHUNK_BYTES)]
+Multiaddr = Annotated[str, msgspec.Meta(max_length=MAX_ADDR_CHARS)]
+Nonce = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+
+
+class WireError(ValueError):
+    """A frame or message that cannot be decoded: malformed, oversized or unknown."""
+
+
+class ErrorCode(enum.StrEnum):
+    """Why a request failed, carried by ``Error`` replies."""
+
+    MALFORMED = "malformed"
+    UNSUPPORTED = "unsupported"
+    NOT_FOUND = "not_found"
+    NOT_RESPONSIBLE = "not_responsible"
+    STORAGE_FULL = "storage_full"
+    BAD_CHUNK = "bad_chunk"
+    BUSY = "busy"
+    INTERNAL = "internal"
+
+
+class _Message(msgspec.Struct, frozen=True, array_like=True, tag_field="t", forbid_unknown_fields=True):
+    """Base of every wire message."""
+
+
+class PeerRecord(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+    """A peer and the multiaddrs it can be reached at."""
+
+    peer_id: Address
+    addrs: Annotated[list[Multiaddr], msgspec.Meta(max_length=MAX_ADDRS_PER_PEER)] = []
+
+
+class Ping(_Message, tag="ping"):
+    nonce: Nonce
+
+
+class Pong(_Message, tag="pong"):
+    nonce: Nonce
+    observed_addr: Multiaddr = ""
+    """The address the responder saw the request come from (for NAT discovery)."""
+
+
+class FindNode(_Message, tag="find_node"):
+    target: Address
+
+
+class Nodes(_Message, tag="nodes"):
+    peers: Annotated[list[PeerRecord], msgspec.Meta(max_length=MAX_PEERS_PER_REPLY)]
+
+
+class PutChunk(_Message, tag="put_chunk"):
+    address: Address
+    content: ChunkContent
+
+
+class PutAck(_Message, tag="put_ack"):
+    address: Address
+
+
+class GetChunk(_Message, tag="get_chunk"):
+    address: Address
+
+
+class Chunk(_Message, tag="chunk"):
+    address: Address
+    content: ChunkContent
+
+
+class NotFound(_Message, tag="not_found"):
+    address: Address
+
+
+class Error(_Message, tag="error"):
+    code: ErrorCode
+    message: Annotated[str, msgspec.Meta(max_length=MAX_ERROR_CHARS)] = ""
+
+
+Message = Ping | Pong | FindNode | Nodes | PutChunk | PutAck | GetChunk | Chunk | NotFound | Error
+"""Every message that can travel in a frame."""
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Message)
+
+
+def encode_body(message: Message) -> bytes:
+    """The msgpack body of ``message`` (no frame header)."""
+    return _encoder.encode(message)
+
+
+def decode_body(body: bytes | memoryview) -> Message:
+    """Decode a msgpack body into a message; raises ``WireError``."""
+    try:
+        return _decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise WireError(f"invalid message: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise WireError(f"malformed message: {exc}") from None
+
+
+def encode_frame(message: Message) -> bytes:
+    """``message`` in a complete frame; raises ``WireError`` if it would be oversized."""
+    body = _encoder.encode(message)
+    length = len(body) + 1
+    if length + 4 > MAX_FRAME_BYTES:
+        raise WireError(f"frame of {length + 4} bytes exceeds the limit of {MAX_FRAME_BYTES}")
+    return _HEADER.pack(length, WIRE_VERSION) + body
+
+
+def decode_frame(frame: bytes | memoryview) -> Message:
+    """Decode exactly one complete frame; raises ``WireError``."""
+    decoder = FrameDecoder()
+    messages = decoder.feed(frame)
+    if len(messages) != 1 or decoder.buffered:
+        raise WireError(f"expected one complete frame, got {len(messages)} and {decoder.buffered} stray bytes")
+    return messages[0]
+
+
+class FrameDecoder:
+    """Incremental frame parser for a byte stream.
+
+    ``feed`` returns the messages completed by the new bytes. An oversized length
+    is rejected as soon as the header arrives, before its body is buffered.
+    """
+
+    def __init__(self, max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
+        self._buffer = bytearray()
+        self._max = max_frame_bytes
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received that do not yet form a complete frame."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes | memoryview) -> list[Message]:
+        self._buffer += data
+        messages: list[Message] = []
+        while len(self._buffer) >= HEADER_BYTES:
+            length, version = _HEADER.unpack_from(self._buffer)
+            if length + 4 > self._max:
+                raise WireError(f"frame of {length + 4} bytes exceeds the limit of {self._max}")
+            if length < 2:
+                raise WireError(f"frame length {length} is too short to hold a message")
+            if version != WIRE_VERSION:
+                raise WireError(f"unsupported wire version {version} (this node speaks {WIRE_VERSION})")
+            end = 4 + length
+            if len(self._buffer) < end:
+                break
+            body = bytes(self._buffer[HEADER_BYTES:end])
+            del self._buffer[:end]
+            messages.append(decode_body(body))
+        return messages
