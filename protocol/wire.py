@@ -131,7 +131,8 @@ def decode_body(body: bytes | memoryview) -> Message:
         return _decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise WireError(f"invalid message: {exc}") from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, ValueError) as exc:
+        # ValueError covers what msgspec lets through, e.g. a tag that is not UTF-8.
         raise WireError(f"malformed message: {exc}") from None
 
 
@@ -146,11 +147,25 @@ def encode_frame(message: Message) -> bytes:
 
 def decode_frame(frame: bytes | memoryview) -> Message:
     """Decode exactly one complete frame; raises ``WireError``."""
-    decoder = FrameDecoder()
-    messages = decoder.feed(frame)
-    if len(messages) != 1 or decoder.buffered:
-        raise WireError(f"expected one complete frame, got {len(messages)} and {decoder.buffered} stray bytes")
-    return messages[0]
+    view = memoryview(frame)
+    if len(view) < HEADER_BYTES:
+        raise WireError(f"a frame has a {HEADER_BYTES}-byte header, got {len(view)} bytes")
+    length = _check_header(view, MAX_FRAME_BYTES)
+    if len(view) != 4 + length:
+        raise WireError(f"frame header announces {length + 4} bytes, got {len(view)}")
+    return decode_body(view[HEADER_BYTES:])
+
+
+def _check_header(data: bytes | bytearray | memoryview, max_frame_bytes: int) -> int:
+    """Validate a frame header and return its length field."""
+    length, version = _HEADER.unpack_from(data)
+    if length + 4 > max_frame_bytes:
+        raise WireError(f"frame of {length + 4} bytes exceeds the limit of {max_frame_bytes}")
+    if length < 2:
+        raise WireError(f"frame length {length} is too short to hold a message")
+    if version != WIRE_VERSION:
+        raise WireError(f"unsupported wire version {version} (this node speaks {WIRE_VERSION})")
+    return int(length)
 
 
 class FrameDecoder:
@@ -173,13 +188,7 @@ class FrameDecoder:
         self._buffer += data
         messages: list[Message] = []
         while len(self._buffer) >= HEADER_BYTES:
-            length, version = _HEADER.unpack_from(self._buffer)
-            if length + 4 > self._max:
-                raise WireError(f"frame of {length + 4} bytes exceeds the limit of {self._max}")
-            if length < 2:
-                raise WireError(f"frame length {length} is too short to hold a message")
-            if version != WIRE_VERSION:
-                raise WireError(f"unsupported wire version {version} (this node speaks {WIRE_VERSION})")
+            length = _check_header(self._buffer, self._max)
             end = 4 + length
             if len(self._buffer) < end:
                 break
