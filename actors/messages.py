@@ -43,3 +43,58 @@ class PeerDisconnected:
 
     peer_id: bytes
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """The supervisor's periodic timer; actors do their periodic work on it."""
+
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class StatusQuery:
+    """Ask any actor for its section of ``status`` (a JSON-ready dict)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingChanged:
+    """Peers entered or left the routing table (BucketManager -> CloseGroupTracker)."""
+
+    added: tuple[bytes, ...]
+    removed: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CloseGroupChanged:
+    """The node's own close group changed (CloseGroupTracker -> subscribers)."""
+
+    added: tuple[bytes, ...]
+    removed: tuple[bytes, ...]
+    group: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeCloseGroup:
+    """Register ``notify`` to receive every ``CloseGroupChanged`` (and the current group at once)."""
+
+    notify: Callable[[CloseGroupChanged], None] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CloseGroupOf:
+    """Ask: the ``count`` known peers closest to ``address`` (optionally counting this node)."""
+
+    address: bytes
+    count: int = 5
+    include_self: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class OwnCloseGroup:
+    """Ask: the node's own close group, closest first."""
+
+
+@dataclass(frozen=True, slots=True)
+class KnownPeers:
+    """Ask: every peer id the close-group tracker knows."""

@@ -68,47 +68,47 @@ class PeerRecord(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fi
     addrs: Annotated[list[Multiaddr], msgspec.Meta(max_length=MAX_ADDRS_PER_PEER)] = []
 
 
-class Ping(_Message, tag="ping"):
+class Ping(_Message, tag="ping", frozen=True):
     nonce: Nonce
 
 
-class Pong(_Message, tag="pong"):
+class Pong(_Message, tag="pong", frozen=True):
     nonce: Nonce
     observed_addr: Multiaddr = ""
     """The address the responder saw the request come from (for NAT discovery)."""
 
 
-class FindNode(_Message, tag="find_node"):
+class FindNode(_Message, tag="find_node", frozen=True):
     target: Address
 
 
-class Nodes(_Message, tag="nodes"):
+class Nodes(_Message, tag="nodes", frozen=True):
     peers: Annotated[list[PeerRecord], msgspec.Meta(max_length=MAX_PEERS_PER_REPLY)]
 
 
-class PutChunk(_Message, tag="put_chunk"):
+class PutChunk(_Message, tag="put_chunk", frozen=True):
     address: Address
     content: ChunkContent
 
 
-class PutAck(_Message, tag="put_ack"):
+class PutAck(_Message, tag="put_ack", frozen=True):
     address: Address
 
 
-class GetChunk(_Message, tag="get_chunk"):
+class GetChunk(_Message, tag="get_chunk", frozen=True):
     address: Address
 
 
-class Chunk(_Message, tag="chunk"):
+class Chunk(_Message, tag="chunk", frozen=True):
     address: Address
     content: ChunkContent
 
 
-class NotFound(_Message, tag="not_found"):
+class NotFound(_Message, tag="not_found", frozen=True):
     address: Address
 
 
-class Error(_Message, tag="error"):
+class Error(_Message, tag="error", frozen=True):
     code: ErrorCode
     message: Annotated[str, msgspec.Meta(max_length=MAX_ERROR_CHARS)] = ""
 
@@ -128,7 +128,8 @@ def encode_body(message: Message) -> bytes:
 def decode_body(body: bytes | memoryview) -> Message:
     """Decode a msgpack body into a message; raises ``WireError``."""
     try:
-        return _decoder.decode(body)
+        message: Message = _decoder.decode(body)
+        return message
     except msgspec.ValidationError as exc:
         raise WireError(f"invalid message: {exc}") from None
     except (msgspec.DecodeError, ValueError) as exc:
