@@ -8,6 +8,7 @@ future. Every message handled is timed and counted by the actor's
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -15,6 +16,11 @@ from typing import Any, ClassVar
 
 import msgspec
 import pykka
+
+from actors.messages import Event, InboundRequest
+from protocol.wire import Error, ErrorCode
+
+log = logging.getLogger(__name__)
 
 RATE_WINDOW_SECONDS = 5.0
 
@@ -97,8 +103,18 @@ class NodeActor(pykka.ThreadingActor):
             result = super()._handle_receive(message)
             failed = False
             return result
+        except Exception:
+            if not isinstance(message, Event):
+                raise  # an ask: the caller's future gets the exception
+            log.exception("%s failed on %s", self.name, type(message).__name__)
+            if isinstance(message, InboundRequest):
+                message.reply(Error(ErrorCode.INTERNAL, f"{self.name} failed"))
+            return None
         finally:
             self.meter.record(message_name(message), started, time.monotonic(), failed)
 
     def on_receive(self, message: Any) -> Any:
+        """Events nobody here cares about are ignored; any other unknown message is an error."""
+        if isinstance(message, Event):
+            return None
         raise TypeError(f"{self.name} does not handle {type(message).__name__}")

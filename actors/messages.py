@@ -16,8 +16,15 @@ from protocol.wire import Message
 Direction = Literal["inbound", "outbound"]
 
 
+class Event:
+    """Marker base of messages sent with ``tell``: no reply, and a handler that fails on
+    one is logged and counted without stopping the actor."""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True, slots=True)
-class InboundRequest:
+class InboundRequest(Event):
     """A request from an authenticated remote peer, waiting for one reply message."""
 
     peer_id: bytes
@@ -26,7 +33,7 @@ class InboundRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class PeerConnected:
+class PeerConnected(Event):
     """A peer passed the identity handshake on a new connection (sent to BucketManager)."""
 
     peer_id: bytes
@@ -38,7 +45,7 @@ class PeerConnected:
 
 
 @dataclass(frozen=True, slots=True)
-class PeerDisconnected:
+class PeerDisconnected(Event):
     """A connection to a peer closed (idle, error, or the peer went away)."""
 
     peer_id: bytes
@@ -46,7 +53,7 @@ class PeerDisconnected:
 
 
 @dataclass(frozen=True, slots=True)
-class Tick:
+class Tick(Event):
     """The supervisor's periodic timer; actors do their periodic work on it."""
 
     now: float
@@ -58,7 +65,7 @@ class StatusQuery:
 
 
 @dataclass(frozen=True, slots=True)
-class RoutingChanged:
+class RoutingChanged(Event):
     """Peers entered or left the routing table (BucketManager -> CloseGroupTracker)."""
 
     added: tuple[bytes, ...]
@@ -66,7 +73,7 @@ class RoutingChanged:
 
 
 @dataclass(frozen=True, slots=True)
-class CloseGroupChanged:
+class CloseGroupChanged(Event):
     """The node's own close group changed (CloseGroupTracker -> subscribers)."""
 
     added: tuple[bytes, ...]
@@ -98,3 +105,11 @@ class OwnCloseGroup:
 @dataclass(frozen=True, slots=True)
 class KnownPeers:
     """Ask: every peer id the close-group tracker knows."""
+
+
+@dataclass(frozen=True, slots=True)
+class AddressObserved(Event):
+    """A peer reported the address it saw this node's connection come from."""
+
+    address: str
+    reporter: bytes

@@ -76,7 +76,9 @@ class ControlServer:
                 continue
             except OSError:
                 return
-            threading.Thread(target=self._answer, args=(conn,), name="control-request", daemon=True).start()
+            threading.Thread(
+                target=self._answer, args=(conn,), name="control-request", daemon=True
+            ).start()
 
     def _answer(self, conn: socket.socket) -> None:
         with conn:
@@ -85,7 +87,10 @@ class ControlServer:
                 request = json.loads(_read_all(conn, MAX_REQUEST_BYTES))
                 handler = self._handlers.get(str(request.get("command")))
                 if handler is None:
-                    reply: dict[str, Any] = {"ok": False, "error": f"unknown command {request.get('command')!r}"}
+                    reply: dict[str, Any] = {
+                        "ok": False,
+                        "error": f"unknown command {request.get('command')!r}",
+                    }
                 else:
                     reply = {"ok": True, "result": handler(request)}
             except Exception as exc:

@@ -1,10 +1,193 @@
-"""The ``autonomi-actors`` command."""
+"""The ``autonomi-actors`` command: run a node, ask it, and drive local networks."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
+import signal
 import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from cli.control import ControlError, request
+from cli.sizes import format_size, parse_size
+
+log = logging.getLogger("autonomi_actors")
 
 
-def main(argv: list[str] | None = None) -> int:
-    print("autonomi-actors: not yet wired", file=sys.stderr)
-    return 2
+class UsageError(Exception):
+    """A problem the user can fix: printed as one line, exit status 1."""
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autonomi-actors",
+        description="A node of an Autonomi-style peer-to-peer storage network.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run a node until Ctrl-C or SIGTERM")
+    run.add_argument(
+        "--root-dir",
+        type=Path,
+        required=True,
+        help="where the node keeps its identity, database and chunks",
+    )
+    run.add_argument(
+        "--host", default="127.0.0.1", help="IPv4 address to listen on (default 127.0.0.1)"
+    )
+    run.add_argument(
+        "--port", type=int, default=0, help="UDP port to listen on (default: any free port)"
+    )
+    run.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="a multiaddr to join through (repeatable)",
+    )
+    run.add_argument("--first", action="store_true", help="start a new network: no peers to join")
+    run.add_argument(
+        "--local", action="store_true", help="loopback testnet mode: lift per-IP routing limits"
+    )
+    run.add_argument(
+        "--max-storage",
+        type=_size,
+        default="10GiB",
+        help="storage limit for chunks (default 10GiB)",
+    )
+    run.add_argument(
+        "--quic", choices=["qh3", "aioquic"], default="qh3", help="QUIC stack (default qh3)"
+    )
+    run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    run.set_defaults(handler=cmd_run)
+
+    status = commands.add_parser("status", help="ask a running node how it is doing")
+    status.add_argument("--root-dir", type=Path, required=True)
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(handler=cmd_status)
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from actors.node import Node, NodeConfig
+
+    if not args.first and not args.peer:
+        log.info("no --peer given: this node waits for others to join it")
+    config = NodeConfig(
+        root_dir=args.root_dir,
+        host=args.host,
+        port=args.port,
+        peers=tuple(args.peer),
+        first=args.first,
+        local=args.local,
+        max_storage=args.max_storage,
+        quic=args.quic,
+    )
+    node = Node(config)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    node.start()
+    assert node.identity is not None
+    log.info("node %s running in %s", node.identity.peer_id_hex, node.root_dir)
+    for addr in node.status().get("listen_addrs", []):
+        log.info("listening on %s", addr)
+    log.info("storage limit %s", format_size(config.max_storage))
+    while not stop.wait(0.5):
+        pass
+    node.stop()
+    log.info("stopped")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = request(args.root_dir, "status")
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print_status(status)
+    return 0
+
+
+def print_status(status: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]peer id[/]      {status['peer_id']}")
+    console.print(
+        f"[bold]public key[/]   {status['public_key'][:32]}… ({len(status['public_key']) // 2} bytes)"
+    )
+    for addr in status.get("listen_addrs", []):
+        console.print(f"[bold]listening[/]    {addr}")
+    if "routing_table_size" in status:
+        console.print(f"[bold]routing table[/] {status['routing_table_size']} peers")
+    if status.get("close_group"):
+        console.print(f"[bold]close group[/]  {', '.join(p[:12] for p in status['close_group'])}")
+    if "chunks" in status:
+        console.print(
+            f"[bold]chunks[/]       {status['chunks']} ({format_size(status.get('bytes_stored', 0))})"
+        )
+    table = Table(title="actors", title_justify="left")
+    for column in ("actor", "depth", "processed", "rate/s", "mean ms", "last message"):
+        table.add_column(column, justify="left" if column in ("actor", "last message") else "right")
+    for name, fig in status.get("actors", {}).items():
+        table.add_row(
+            name,
+            str(fig["depth"]),
+            str(fig["processed"]),
+            f"{fig['rate']:.1f}",
+            f"{fig['mean_ms']:.3f}",
+            fig["last_message"],
+        )
+    console.print(table)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(getattr(args, "log_level", "WARNING"))
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if _is_user_error(exc):
+            print(f"autonomi-actors: error: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _is_user_error(exc: Exception) -> bool:
+    from persistence.root_dir import RootDirError
+    from protocol.identity import IdentityError
+    from protocol.multiaddr import MultiaddrError
+
+    return isinstance(
+        exc, UsageError | ControlError | RootDirError | IdentityError | MultiaddrError
+    )

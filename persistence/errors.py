@@ -22,11 +22,11 @@ class DatabaseError(PersistenceError):
         self.problem = problem
 
 
-class DatabaseCorrupt(DatabaseError):
+class CorruptDatabaseError(DatabaseError):
     """The database file is not a sound SQLite database; it was left untouched."""
 
 
-class DatabaseUnavailable(DatabaseError):
+class DatabaseUnavailableError(DatabaseError):
     """The database cannot be opened or used: missing or unwritable directory, locked, I/O."""
 
 
@@ -38,5 +38,5 @@ class ChunkFileError(PersistenceError):
     """A chunk file could not be written, read, moved or removed."""
 
 
-class StorageFull(ChunkFileError):
+class StorageFull(ChunkFileError):  # noqa: N818 - the name the actors know
     """No space (or quota) left on the device holding the chunk files."""

@@ -12,7 +12,17 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from sqlalchemy import JSON, CheckConstraint, Index, LargeBinary, MetaData, String, func, text
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    Float,
+    Index,
+    LargeBinary,
+    MetaData,
+    String,
+    func,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -57,7 +67,7 @@ class PeerRow(Base):
     peer_id: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
     addrs: Mapped[list[str]] = mapped_column(JSON)
     """Multiaddr strings, most preferred first."""
-    last_seen: Mapped[float]
+    last_seen: Mapped[float] = mapped_column(Float)
     """Unix time the peer last answered."""
     failures: Mapped[int] = mapped_column(server_default=text("0"))
     """Consecutive failed contacts since it last answered."""
@@ -79,8 +89,8 @@ class ChunkRow(Base):
     address: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
     size: Mapped[int]
     kind: Mapped[str] = mapped_column(String(16))
-    stored_at: Mapped[float]
-    last_verified: Mapped[float | None]
+    stored_at: Mapped[float] = mapped_column(Float)
+    last_verified: Mapped[float | None] = mapped_column(Float)
 
 
 AUDIT_ORDER = func.coalesce(ChunkRow.last_verified, ChunkRow.stored_at)

@@ -70,7 +70,9 @@ def check_put(address: bytes, content: bytes | memoryview, ctx: PutContext) -> P
     return PutVerdict.STORE
 
 
-def is_responsible(own_id: bytes, address: bytes, known_peers: Sequence[bytes], places: int) -> bool:
+def is_responsible(
+    own_id: bytes, address: bytes, known_peers: Sequence[bytes], places: int
+) -> bool:
     """True if fewer than ``places`` known peers are closer to ``address`` than this node."""
     own = distance(own_id, address)
     closer = 0

@@ -47,7 +47,9 @@ class CloseGroupView:
         self.group = new_group
         return change
 
-    def close_group_of(self, address: bytes, count: int | None = None, include_self: bool = False) -> list[bytes]:
+    def close_group_of(
+        self, address: bytes, count: int | None = None, include_self: bool = False
+    ) -> list[bytes]:
         """The ``count`` known peers closest to ``address`` (optionally counting this node)."""
         candidates: Iterable[bytes] = self._peers | {self.own_id} if include_self else self._peers
         return closest(address, candidates, self.size if count is None else count)

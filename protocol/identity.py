@@ -36,7 +36,9 @@ class IdentityError(Exception):
 def peer_id_of(public_key: bytes) -> bytes:
     """PeerId of a raw ML-DSA-65 public key: its BLAKE3 hash (32 bytes)."""
     if len(public_key) != PUBLIC_KEY_BYTES:
-        raise ValueError(f"an ML-DSA-65 public key is {PUBLIC_KEY_BYTES} bytes, got {len(public_key)}")
+        raise ValueError(
+            f"an ML-DSA-65 public key is {PUBLIC_KEY_BYTES} bytes, got {len(public_key)}"
+        )
     return blake3(public_key).digest()
 
 

@@ -47,7 +47,13 @@ def format_multiaddr(host: str, port: int, peer_id: bytes | None = None) -> str:
 def parse_multiaddr(text: str) -> Multiaddr:
     """Parse a multiaddr string; raises ``MultiaddrError`` naming what is wrong."""
     parts = text.split("/")
-    if len(parts) < 6 or parts[0] != "" or parts[1] != "ip4" or parts[3] != "udp" or parts[5] != "quic-v1":
+    if (
+        len(parts) < 6
+        or parts[0] != ""
+        or parts[1] != "ip4"
+        or parts[3] != "udp"
+        or parts[5] != "quic-v1"
+    ):
         raise MultiaddrError(f"expected /ip4/HOST/udp/PORT/quic-v1[/p2p/PEER_ID], got {text!r}")
     try:
         host = str(ipaddress.IPv4Address(parts[2]))

@@ -50,7 +50,9 @@ class NatStatus:
 
     def confirmed(self) -> list[str]:
         """Addresses reported by enough distinct peers, most recent first."""
-        items = [(o.last_seen, a) for a, o in self._observed.items() if len(o.reporters) >= CONFIRMATIONS]
+        items = [
+            (o.last_seen, a) for a, o in self._observed.items() if len(o.reporters) >= CONFIRMATIONS
+        ]
         return [a for _, a in sorted(items, reverse=True)]
 
     def dial_back_result(self, succeeded: bool) -> None:

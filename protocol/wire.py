@@ -57,7 +57,9 @@ class ErrorCode(enum.StrEnum):
     INTERNAL = "internal"
 
 
-class _Message(msgspec.Struct, frozen=True, array_like=True, tag_field="t", forbid_unknown_fields=True):
+class _Message(
+    msgspec.Struct, frozen=True, array_like=True, tag_field="t", forbid_unknown_fields=True
+):
     """Base of every wire message."""
 
 

@@ -3,8 +3,8 @@ import os
 from protocol.chunks import (
     PutContext,
     PutVerdict,
-    chunk_address,
     check_put,
+    chunk_address,
     is_responsible,
     is_valid_chunk,
 )

@@ -1,0 +1,163 @@
+"""The node supervisor: starts the actors in order, wires them together, stops them.
+
+It also owns what is not an actor: the root-dir lock, the identity, the database,
+the periodic ticker, and the control socket through which ``status`` asks the
+running node.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pykka
+
+from actors.base import MailboxFigures, NodeActor
+from actors.close_group_tracker import CloseGroupTracker
+from actors.messages import StatusQuery, Tick
+from actors.nat_traverser import NatTraverser
+from cli.control import ControlServer
+from persistence.root_dir import RootDirLock, prepare_root_dir
+from protocol.identity import Identity, load_or_create
+
+log = logging.getLogger(__name__)
+
+QuicStack = Literal["qh3", "aioquic"]
+DEFAULT_MAX_STORAGE = 10 * 1024**3
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything ``run`` decides about a node."""
+
+    root_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    peers: tuple[str, ...] = ()
+    first: bool = False
+    local: bool = False
+    max_storage: int = DEFAULT_MAX_STORAGE
+    quic: QuicStack = "qh3"
+    tick_interval: float = 1.0
+    control_socket: bool = True
+    identity: Identity | None = field(default=None, repr=False)
+    """Use this identity instead of the root dir's key file (tests)."""
+
+
+class Node:
+    """One running node: its actors and the resources they share."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.root_dir = config.root_dir
+        self.identity: Identity | None = None
+        self.refs: dict[str, pykka.ActorRef[Any]] = {}
+        self.meters: dict[str, Any] = {}
+        self._lock: RootDirLock | None = None
+        self._ticker: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._cleanup: list[Callable[[], None]] = []
+        self.started_at = 0.0
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start everything; on any failure, undo what was started and re-raise."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        self.root_dir = prepare_root_dir(self.config.root_dir)
+        self._lock = RootDirLock(self.root_dir)
+        self._lock.acquire()
+        self._cleanup.append(self._lock.release)
+        if self.config.identity is not None:
+            self.identity = self.config.identity
+        else:
+            self.identity, created = load_or_create(self.root_dir)
+            log.info(
+                "%s identity %s", "created" if created else "loaded", self.identity.peer_id_hex
+            )
+        own_id = self.identity.peer_id
+        self.started_at = time.time()
+
+        self._spawn(CloseGroupTracker, own_id)
+        self._spawn(NatTraverser)
+
+        self._ticker = threading.Thread(target=self._tick_loop, name="node-ticker", daemon=True)
+        self._ticker.start()
+        if self.config.control_socket:
+            control = ControlServer(self.root_dir, {"status": lambda _request: self.status()})
+            control.start()
+            self._cleanup.append(control.stop)
+
+    def _spawn(
+        self, actor_class: type[NodeActor], *args: Any, **kwargs: Any
+    ) -> pykka.ActorRef[Any]:
+        ref: pykka.ActorRef[Any] = actor_class.start(*args, **kwargs)
+        self.refs[actor_class.name] = ref
+        self.meters[actor_class.name] = ref.proxy().meter.get()  # read-only from here on
+        return ref
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the ticker, the control socket and the actors (last started, first stopped)."""
+        self._stopping.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout)
+            self._ticker = None
+        for name in reversed(list(self.refs)):
+            ref = self.refs.pop(name)
+            try:
+                ref.stop(block=True, timeout=timeout)
+            except pykka.ActorDeadError:
+                pass
+            except Exception:
+                log.exception("actor %s did not stop cleanly", name)
+        while self._cleanup:
+            self._cleanup.pop()()
+
+    def _tick_loop(self) -> None:
+        while not self._stopping.wait(self.config.tick_interval):
+            tick = Tick(time.time())
+            for ref in list(self.refs.values()):
+                try:
+                    ref.tell(tick)
+                except pykka.ActorDeadError:
+                    continue
+
+    # -- inspection ----------------------------------------------------------------
+
+    def mailboxes(self) -> dict[str, MailboxFigures]:
+        return {name: meter.figures() for name, meter in self.meters.items()}
+
+    def status(self) -> dict[str, Any]:
+        """The JSON-ready answer to ``status``: identity, actors, and each actor's section."""
+        assert self.identity is not None
+        result: dict[str, Any] = {
+            "peer_id": self.identity.peer_id_hex,
+            "public_key": self.identity.public_key.hex(),
+            "root_dir": str(self.root_dir),
+            "uptime": round(time.time() - self.started_at, 1),
+        }
+        futures = {name: ref.ask(StatusQuery(), block=False) for name, ref in self.refs.items()}
+        for name, future in futures.items():
+            try:
+                section = future.get(timeout=2.0)
+            except Exception as exc:
+                log.warning("%s gave no status: %s", name, exc)
+                continue
+            if isinstance(section, dict):
+                result.update(section)
+        result["actors"] = {
+            name: {f: getattr(figures, f) for f in figures.__struct_fields__}
+            for name, figures in self.mailboxes().items()
+        }
+        return result

@@ -1,0 +1,546 @@
+"""The node's SQLite database: opening it safely, migrating it, and the repository calls.
+
+``open_database(root_dir)`` opens ``root_dir/node.sqlite3``:
+
+1. checks the root directory exists and is writable (``DatabaseUnavailableError``);
+2. if the file exists, checks it read-only (header, then ``PRAGMA quick_check``); a
+   damaged file raises ``CorruptDatabaseError`` and is left exactly as it was;
+3. opens one engine (WAL journal, synchronous=NORMAL, a busy timeout, foreign keys on,
+   set on every new connection) and applies ``alembic upgrade head`` with the
+   migrations shipped in the ``migrations`` package.
+
+Every repository method is its own short transaction on a connection from the
+engine's pool, so one ``Database`` may be shared by several threads. Writes start
+with ``BEGIN IMMEDIATE`` (they queue on the busy timeout instead of failing when two
+writers meet). Results are frozen dataclasses; no ORM object leaves this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import sqlalchemy
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlalchemy import Connection, Engine, case, delete, event, func, select, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.pool import ConnectionPoolEntry
+
+import migrations
+from persistence.errors import (
+    CorruptDatabaseError,
+    DatabaseError,
+    DatabaseUnavailableError,
+    SchemaError,
+)
+from persistence.models import AUDIT_ORDER, ChunkKind, ChunkRow, NodeStateRow, PeerRow
+from protocol.xor import check_address
+
+DATABASE_FILENAME: Final = "node.sqlite3"
+DEFAULT_BUSY_TIMEOUT_MS: Final = 10_000
+MIGRATIONS_DIR: Final = Path(migrations.__file__).resolve().parent
+
+_SQLITE_HEADER: Final = b"SQLite format 3\x00"
+_SQLITE_HEADER_BYTES: Final = 100
+_SQLITE_CORRUPT_CODES: Final = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB
+_BEGIN_OPTION: Final = "sqlite_begin"
+_CONNECTION_ATTRIBUTE: Final = "connection"
+
+
+# --- records returned to callers ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPeer:
+    """A routing-table peer as persisted."""
+
+    peer_id: bytes
+    addrs: tuple[str, ...]
+    last_seen: float
+    failures: int = 0
+    in_routing_table: bool = True
+    """True: it was in its k-bucket; False: in the bucket's replacement cache."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRecord:
+    """Metadata of one stored chunk."""
+
+    address: bytes
+    size: int
+    kind: ChunkKind
+    stored_at: float
+    last_verified: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkTotals:
+    """How many chunks of one kind are held and their total size in bytes."""
+
+    count: int
+    total_bytes: int
+
+
+# --- engine ----------------------------------------------------------------------
+
+
+def database_path(root_dir: Path) -> Path:
+    """Where the database of the node rooted at ``root_dir`` lives."""
+    return Path(root_dir) / DATABASE_FILENAME
+
+
+def create_sqlite_engine(path: Path, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> Engine:
+    """An engine on the SQLite file ``path`` with the node's connection settings.
+
+    Every new connection gets WAL journalling, synchronous=NORMAL, the busy timeout and
+    foreign keys; SQLAlchemy (not the sqlite3 module) emits BEGIN, so SELECTs are
+    transactional and DDL is transactional too. ``execution_options(sqlite_begin=
+    "IMMEDIATE")`` makes the transactions of an engine or connection take the write
+    lock at once.
+    """
+    url = sqlalchemy.URL.create("sqlite", database=str(path))
+    engine = sqlalchemy.create_engine(url, connect_args={"timeout": busy_timeout_ms / 1000})
+
+    @event.listens_for(engine, "connect")
+    def _configure_connection(
+        dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry
+    ) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            row = cursor.fetchone()
+            if row is None or str(row[0]).lower() != "wal":
+                raise DatabaseUnavailableError(path, f"could not switch to WAL journal mode: {row}")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Connection) -> None:
+        mode = connection.get_execution_options().get(_BEGIN_OPTION, "DEFERRED")
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """A programmatic alembic configuration for the shipped migrations.
+
+    It does not read any ``alembic.ini`` nor depend on the working directory. With
+    ``connection``, ``env.py`` migrates through it.
+    """
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    if connection is not None:
+        config.attributes[_CONNECTION_ATTRIBUTE] = connection
+    return config
+
+
+def head_revision() -> str:
+    """The newest schema revision of the shipped migrations."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:  # pragma: no cover - the package always ships revisions
+        raise RuntimeError("no migrations found")
+    return head
+
+
+# --- opening ---------------------------------------------------------------------
+
+
+def open_database(root_dir: Path, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> Database:
+    """Open (creating if absent) and migrate to head ``root_dir/node.sqlite3``.
+
+    Raises ``DatabaseUnavailableError`` if ``root_dir`` is missing or unwritable,
+    ``CorruptDatabaseError`` if the file is damaged (the file is not modified), and
+    ``SchemaError`` if it cannot be migrated (for example a revision this code does
+    not know, written by a newer version).
+    """
+    root_dir = Path(root_dir)
+    path = database_path(root_dir)
+    _check_root_dir(root_dir, path)
+    _check_existing_file(path)
+    engine = create_sqlite_engine(path, busy_timeout_ms)
+    try:
+        _upgrade_to_head(engine, path)
+    except BaseException:
+        engine.dispose()
+        raise
+    return Database(path, engine)
+
+
+def _check_root_dir(root_dir: Path, path: Path) -> None:
+    if not root_dir.exists():
+        raise DatabaseUnavailableError(path, f"the root directory {root_dir} does not exist")
+    if not root_dir.is_dir():
+        raise DatabaseUnavailableError(path, f"the root directory {root_dir} is not a directory")
+    # os.access says yes to root on a read-only mount; creating a file tells the truth.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=root_dir)
+    except OSError as exc:
+        raise DatabaseUnavailableError(
+            path, f"the root directory {root_dir} is not writable: {exc.strerror}"
+        ) from exc
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _check_existing_file(path: Path) -> None:
+    """Raise ``CorruptDatabaseError`` if ``path`` exists and is not a sound SQLite database.
+
+    Reads only: the header by hand, then ``PRAGMA quick_check`` on a read-only
+    connection. Side files (``-wal``, ``-shm``) that this check creates are removed
+    again when the check fails.
+    """
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise DatabaseUnavailableError(path, "exists but is not a regular file")
+    try:
+        with path.open("rb") as file:
+            header = file.read(_SQLITE_HEADER_BYTES)
+    except OSError as exc:
+        raise DatabaseUnavailableError(path, f"cannot be read: {exc.strerror}") from exc
+    if not header:
+        return  # an empty file is what SQLite itself creates before the first write
+    if not header.startswith(_SQLITE_HEADER):
+        raise CorruptDatabaseError(path, "is not an SQLite database (its header is wrong)")
+    if len(header) < _SQLITE_HEADER_BYTES:
+        raise CorruptDatabaseError(path, f"is truncated: only {len(header)} bytes")
+
+    side_files = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
+    existed_before = {side: side.exists() for side in side_files}
+    problem: str | None = None
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+        try:
+            rows = connection.execute("PRAGMA quick_check(5)").fetchall()
+        finally:
+            connection.close()
+        if rows != [("ok",)]:
+            problem = "fails its integrity check: " + "; ".join(str(row[0]) for row in rows)
+    except sqlite3.DatabaseError as exc:
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code not in _SQLITE_CORRUPT_CODES:
+            raise DatabaseUnavailableError(path, f"cannot be opened: {exc}") from exc
+        problem = f"is damaged: {exc}"
+    if problem is not None:
+        for side in side_files:
+            if not existed_before[side]:
+                with contextlib.suppress(OSError):
+                    side.unlink()
+        raise CorruptDatabaseError(path, problem)
+
+
+def _upgrade_to_head(engine: Engine, path: Path) -> None:
+    try:
+        with engine.connect().execution_options(**{_BEGIN_OPTION: "IMMEDIATE"}) as connection:
+            command.upgrade(alembic_config(connection), "head")
+    except CommandError as exc:
+        raise SchemaError(path, f"cannot migrate to the current schema: {exc}") from exc
+    except sqlalchemy.exc.DBAPIError as exc:
+        raise _translate(path, exc) from exc
+
+
+def _translate(path: Path, exc: sqlalchemy.exc.DBAPIError) -> DatabaseError:
+    original = exc.orig
+    code = getattr(original, "sqlite_errorcode", 0) & 0xFF
+    if code in _SQLITE_CORRUPT_CODES:
+        return CorruptDatabaseError(path, f"is damaged: {original}")
+    return DatabaseUnavailableError(path, f"database error: {original}")
+
+
+# --- the repository --------------------------------------------------------------
+
+
+class Database:
+    """The repository the actors call; thread-safe, one short transaction per call."""
+
+    def __init__(self, path: Path, engine: Engine) -> None:
+        self.path = path
+        self._engine = engine
+        self._writer = engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+
+    # lifecycle
+
+    def close(self) -> None:
+        """Close every pooled connection. The object must not be used afterwards."""
+        self._engine.dispose()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        try:
+            with self._engine.begin() as connection:
+                yield connection
+        except sqlalchemy.exc.DBAPIError as exc:
+            raise _translate(self.path, exc) from exc
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        try:
+            with self._writer.begin() as connection:
+                yield connection
+        except sqlalchemy.exc.DBAPIError as exc:
+            raise _translate(self.path, exc) from exc
+
+    def schema_revision(self) -> str | None:
+        """The alembic revision the database is at."""
+        with self._read() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+
+    def connection_settings(self) -> dict[str, Any]:
+        """The SQLite settings of a pooled connection (journal_mode, synchronous, ...)."""
+        names = ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
+        with self._read() as connection:
+            return {
+                name: connection.exec_driver_sql(f"PRAGMA {name}").scalar_one() for name in names
+            }
+
+    # node state
+
+    def get_state(self, key: str) -> str | None:
+        """The value stored under ``key``, or None."""
+        with self._read() as connection:
+            return connection.execute(
+                select(NodeStateRow.value).where(NodeStateRow.key == key)
+            ).scalar_one_or_none()
+
+    def set_state(self, key: str, value: str) -> None:
+        """Store ``value`` under ``key``, replacing any previous value."""
+        statement = sqlite_insert(NodeStateRow).values(key=key, value=value)
+        statement = statement.on_conflict_do_update(
+            index_elements=[NodeStateRow.key], set_={"value": statement.excluded.value}
+        )
+        with self._write() as connection:
+            connection.execute(statement)
+
+    def all_state(self) -> dict[str, str]:
+        """Every key and value of the node state."""
+        with self._read() as connection:
+            rows = connection.execute(select(NodeStateRow.key, NodeStateRow.value))
+            return dict(rows.tuples())
+
+    # peers
+
+    def save_peers(self, peers: Iterable[StoredPeer]) -> None:
+        """Replace every stored peer by ``peers`` (one transaction; the last record of a
+        repeated peer id wins)."""
+        by_id = {check_address(peer.peer_id): peer for peer in peers}
+        with self._write() as connection:
+            connection.execute(delete(PeerRow))
+            if by_id:
+                connection.execute(
+                    sqlalchemy.insert(PeerRow), [_peer_values(peer) for peer in by_id.values()]
+                )
+
+    def upsert_peer(self, peer: StoredPeer) -> None:
+        """Insert or replace one peer."""
+        check_address(peer.peer_id)
+        statement = sqlite_insert(PeerRow).values(_peer_values(peer))
+        statement = statement.on_conflict_do_update(
+            index_elements=[PeerRow.peer_id],
+            set_={
+                name: statement.excluded[name]
+                for name in ("addrs", "last_seen", "failures", "in_routing_table")
+            },
+        )
+        with self._write() as connection:
+            connection.execute(statement)
+
+    def load_peers(self) -> list[StoredPeer]:
+        """Every stored peer: routing-table peers first, each group least recently seen
+        first (the order a k-bucket keeps)."""
+        statement = select(
+            PeerRow.peer_id,
+            PeerRow.addrs,
+            PeerRow.last_seen,
+            PeerRow.failures,
+            PeerRow.in_routing_table,
+        ).order_by(PeerRow.in_routing_table.desc(), PeerRow.last_seen, PeerRow.peer_id)
+        with self._read() as connection:
+            return [
+                StoredPeer(
+                    peer_id=peer_id,
+                    addrs=tuple(addrs),
+                    last_seen=last_seen,
+                    failures=failures,
+                    in_routing_table=in_routing_table,
+                )
+                for peer_id, addrs, last_seen, failures, in_routing_table in connection.execute(
+                    statement
+                )
+            ]
+
+    def delete_peer(self, peer_id: bytes) -> bool:
+        """Forget a peer; False if it was not stored."""
+        with self._write() as connection:
+            result = connection.execute(delete(PeerRow).where(PeerRow.peer_id == peer_id))
+            return result.rowcount > 0
+
+    def record_peer_failure(self, peer_id: bytes) -> int | None:
+        """Count one more failed contact; the new count, or None if the peer is unknown."""
+        statement = (
+            update(PeerRow)
+            .where(PeerRow.peer_id == peer_id)
+            .values(failures=PeerRow.failures + 1)
+            .returning(PeerRow.failures)
+        )
+        with self._write() as connection:
+            return connection.execute(statement).scalar_one_or_none()
+
+    # chunks
+
+    def add_chunk(self, address: bytes, size: int, kind: ChunkKind, now: float) -> bool:
+        """Record a stored chunk; True if it is new.
+
+        For a chunk already recorded, its arrival and audit times are kept and only
+        its kind may change, from cache to responsible (use ``set_chunk_kind`` to
+        demote it).
+        """
+        check_address(address)
+        kind = ChunkKind(kind)
+        if size < 0:
+            raise ValueError(f"a chunk size cannot be negative: {size}")
+        with self._write() as connection:
+            existing = connection.execute(
+                select(ChunkRow.kind).where(ChunkRow.address == address)
+            ).scalar_one_or_none()
+            if existing is None:
+                connection.execute(
+                    sqlalchemy.insert(ChunkRow).values(
+                        address=address, size=size, kind=kind.value, stored_at=now
+                    )
+                )
+                return True
+            if kind is ChunkKind.RESPONSIBLE and existing != kind.value:
+                connection.execute(
+                    update(ChunkRow).where(ChunkRow.address == address).values(kind=kind.value)
+                )
+            return False
+
+    def add_chunks(self, chunks: Iterable[tuple[bytes, int, ChunkKind]], now: float) -> None:
+        """Record many ``(address, size, kind)`` in one transaction, like ``add_chunk``."""
+        values = []
+        for address, size, kind in chunks:
+            check_address(address)
+            if size < 0:
+                raise ValueError(f"a chunk size cannot be negative: {size}")
+            values.append(
+                {"address": address, "size": size, "kind": ChunkKind(kind).value, "stored_at": now}
+            )
+        if not values:
+            return
+        statement = sqlite_insert(ChunkRow)
+        responsible = ChunkKind.RESPONSIBLE.value
+        statement = statement.on_conflict_do_update(
+            index_elements=[ChunkRow.address],
+            set_={
+                "kind": case(
+                    (statement.excluded.kind == responsible, responsible),
+                    else_=ChunkRow.kind,
+                )
+            },
+        )
+        with self._write() as connection:
+            connection.execute(statement, values)
+
+    def get_chunk(self, address: bytes) -> ChunkRecord | None:
+        """The metadata of one chunk, or None."""
+        with self._read() as connection:
+            row = connection.execute(
+                _CHUNK_COLUMNS.where(ChunkRow.address == address)
+            ).one_or_none()
+        return None if row is None else _chunk_record(*row)
+
+    def delete_chunk(self, address: bytes) -> bool:
+        """Forget a chunk's metadata; False if it was not recorded."""
+        with self._write() as connection:
+            result = connection.execute(delete(ChunkRow).where(ChunkRow.address == address))
+            return result.rowcount > 0
+
+    def set_chunk_kind(self, address: bytes, kind: ChunkKind) -> bool:
+        """Change why a chunk is held; False if it is not recorded."""
+        kind = ChunkKind(kind)
+        with self._write() as connection:
+            result = connection.execute(
+                update(ChunkRow).where(ChunkRow.address == address).values(kind=kind.value)
+            )
+            return result.rowcount > 0
+
+    def list_chunk_addresses(self, kind: ChunkKind | None = None) -> list[bytes]:
+        """Addresses of the recorded chunks (of one kind if given), in address order."""
+        statement = select(ChunkRow.address).order_by(ChunkRow.address)
+        if kind is not None:
+            statement = statement.where(ChunkRow.kind == ChunkKind(kind).value)
+        with self._read() as connection:
+            return list(connection.execute(statement).scalars())
+
+    def chunk_totals(self) -> dict[ChunkKind, ChunkTotals]:
+        """Count and bytes of the recorded chunks, for every kind (zeros included)."""
+        statement = select(
+            ChunkRow.kind, func.count(), func.coalesce(func.sum(ChunkRow.size), 0)
+        ).group_by(ChunkRow.kind)
+        totals = {kind: ChunkTotals(0, 0) for kind in ChunkKind}
+        with self._read() as connection:
+            for kind, count, total_bytes in connection.execute(statement):
+                totals[ChunkKind(kind)] = ChunkTotals(count, total_bytes)
+        return totals
+
+    def mark_verified(self, address: bytes, now: float) -> bool:
+        """Record that the chunk's bytes were checked good at ``now``; False if unknown."""
+        with self._write() as connection:
+            result = connection.execute(
+                update(ChunkRow).where(ChunkRow.address == address).values(last_verified=now)
+            )
+            return result.rowcount > 0
+
+    def chunks_due_for_audit(self, before: float, limit: int) -> list[ChunkRecord]:
+        """Up to ``limit`` chunks last known good (audited, else stored) before
+        ``before``, the longest unchecked first."""
+        statement = (
+            _CHUNK_COLUMNS.where(AUDIT_ORDER < before)  # noqa: SIM300
+            .order_by(AUDIT_ORDER, ChunkRow.address)
+            .limit(limit)
+        )
+        with self._read() as connection:
+            return [_chunk_record(*row) for row in connection.execute(statement)]
+
+
+_CHUNK_COLUMNS = select(
+    ChunkRow.address, ChunkRow.size, ChunkRow.kind, ChunkRow.stored_at, ChunkRow.last_verified
+)
+
+
+def _chunk_record(
+    address: bytes, size: int, kind: str, stored_at: float, last_verified: float | None
+) -> ChunkRecord:
+    return ChunkRecord(address, size, ChunkKind(kind), stored_at, last_verified)
+
+
+def _peer_values(peer: StoredPeer) -> dict[str, Any]:
+    return {
+        "peer_id": peer.peer_id,
+        "addrs": list(peer.addrs),
+        "last_seen": peer.last_seen,
+        "failures": peer.failures,
+        "in_routing_table": peer.in_routing_table,
+    }

@@ -1,0 +1,101 @@
+"""The supervisor: start, wire, stop; no thread left behind; one node per root dir."""
+
+import threading
+import time
+from pathlib import Path
+
+import pykka
+import pytest
+
+from actors.base import NodeActor
+from actors.messages import Tick
+from actors.node import Node, NodeConfig
+from cli.control import request
+from persistence.root_dir import RootDirError
+
+EXPECTED_ACTORS = {"CloseGroupTracker", "NatTraverser"}
+
+
+def test_twenty_nodes_start_and_stop_leaving_no_thread(tmp_path: Path) -> None:
+    before = set(threading.enumerate())
+    nodes = [Node(NodeConfig(root_dir=tmp_path / f"n{i}", local=True)) for i in range(20)]
+    for node in nodes:
+        node.start()
+    assert len(pykka.ActorRegistry.get_all()) >= 20 * len(EXPECTED_ACTORS)
+    assert len({n.identity.peer_id for n in nodes if n.identity}) == 20
+    for node in nodes:
+        node.stop()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        leftover = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not leftover:
+            break
+        time.sleep(0.05)
+    assert leftover == []
+    assert pykka.ActorRegistry.get_all() == []
+
+
+def test_status_over_control_socket_reports_mailboxes(tmp_path: Path) -> None:
+    node = Node(NodeConfig(root_dir=tmp_path / "n", tick_interval=0.05))
+    node.start()
+    try:
+        time.sleep(0.3)
+        status = request(tmp_path / "n", "status")
+        assert node.identity is not None
+        assert status["peer_id"] == node.identity.peer_id_hex
+        assert bytes.fromhex(status["public_key"]) == node.identity.public_key
+        assert set(status["actors"]) >= EXPECTED_ACTORS
+        figures = status["actors"]["CloseGroupTracker"]
+        assert figures["processed"] >= 2  # ticks, at least
+        assert figures["last_message"] in {"Tick", "StatusQuery"}
+        assert set(figures) >= {"depth", "processed", "rate", "mean_ms", "last_message"}
+        sock = tmp_path / "n" / "control.sock"
+        assert sock.stat().st_mode & 0o077 == 0
+    finally:
+        node.stop()
+
+
+def test_second_node_on_same_root_dir_is_refused(tmp_path: Path) -> None:
+    first = Node(NodeConfig(root_dir=tmp_path))
+    first.start()
+    try:
+        with pytest.raises(RootDirError, match="already running"):
+            Node(NodeConfig(root_dir=tmp_path)).start()
+        assert request(tmp_path, "status")["peer_id"]  # the first one still answers
+    finally:
+        first.stop()
+    again = Node(NodeConfig(root_dir=tmp_path))
+    again.start()  # the lock is free once the first stopped
+    again.stop()
+
+
+def test_missing_parent_of_root_dir_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a dir")
+    with pytest.raises(RootDirError, match="not a directory"):
+        Node(NodeConfig(root_dir=tmp_path / "file")).start()
+
+
+class _Fragile(NodeActor):
+    name = "Fragile"
+
+    def on_receive(self, message: object) -> object:
+        if isinstance(message, Tick):
+            raise RuntimeError("boom")
+        if message == "ping":
+            return "pong"
+        return super().on_receive(message)
+
+
+def test_a_failing_event_handler_does_not_kill_the_actor() -> None:
+    ref = _Fragile.start()
+    try:
+        ref.tell(Tick(0.0))
+        assert ref.ask("ping", timeout=2) == "pong"
+        with pytest.raises(TypeError):
+            ref.ask("unknown", timeout=2)
+        meter = ref.proxy().meter.get()
+        figures = meter.figures()
+        assert figures.failures == 2
+        assert figures.processed == 4  # Tick, ping, unknown, and the proxy read of .meter
+    finally:
+        ref.stop()
