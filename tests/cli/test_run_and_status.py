@@ -1,0 +1,85 @@
+"""`autonomi-actors run` and `status` as a user runs them: real processes, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-m", "cli"]
+
+
+def wait_for_status(root: Path, timeout: float = 20.0) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        done = subprocess.run([*CLI, "status", "--root-dir", str(root), "--json"], capture_output=True, text=True)
+        if done.returncode == 0:
+            status: dict[str, object] = json.loads(done.stdout)
+            return status
+        last = done.stderr
+        time.sleep(0.2)
+    raise AssertionError(f"node never answered status: {last}")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_run_answers_status_and_stops_on_signal(tmp_path: Path, signum: int) -> None:
+    root = tmp_path / "node"
+    proc = subprocess.Popen([*CLI, "run", "--root-dir", str(root), "--first"], stderr=subprocess.PIPE, text=True)
+    try:
+        status = wait_for_status(root)
+        peer_id = str(status["peer_id"])
+        assert len(peer_id) == 64
+        assert "actors" in status and "public_key" in status
+        human = subprocess.run([*CLI, "status", "--root-dir", str(root)], capture_output=True, text=True, check=True)
+        assert peer_id in human.stdout and "actors" in human.stdout
+        started = time.monotonic()
+        proc.send_signal(signum)
+        assert proc.wait(timeout=10) == 0
+        assert time.monotonic() - started < 5
+        assert proc.stderr is not None
+        log = proc.stderr.read()
+        assert peer_id in log
+        assert not (root / "control.sock").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # Restarting reuses the identity.
+    proc = subprocess.Popen([*CLI, "run", "--root-dir", str(root)], stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for_status(root)["peer_id"] == peer_id
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_status_without_a_node_is_a_clear_error(tmp_path: Path) -> None:
+    done = subprocess.run([*CLI, "status", "--root-dir", str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert "no node is running" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_unwritable_root_dir_is_a_clear_error(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        target = Path("/proc/autonomi-actors-test")  # not creatable even for root
+    else:
+        (tmp_path / "ro").mkdir(mode=0o500)
+        target = tmp_path / "ro" / "node"
+    done = subprocess.run([*CLI, "run", "--root-dir", str(target), "--first"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert "cannot create root dir" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_bad_size_is_a_usage_error(tmp_path: Path) -> None:
+    done = subprocess.run([*CLI, "run", "--root-dir", str(tmp_path), "--max-storage", "lots"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "not a size" in done.stderr
