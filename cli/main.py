@@ -77,6 +77,31 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--root-dir", type=Path, required=True)
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(handler=cmd_status)
+
+    testnet = commands.add_parser("testnet", help="a local network of node processes on 127.0.0.1")
+    testnet_commands = testnet.add_subparsers(
+        dest="testnet_command", required=True, metavar="ACTION"
+    )
+    t_start = testnet_commands.add_parser(
+        "start", help="start N nodes and wait until all have joined"
+    )
+    t_start.add_argument("--nodes", type=int, default=25, help="how many nodes (default 25)")
+    t_start.add_argument(
+        "--dir", type=Path, default=None, help="testnet dir (default: under the user data dir)"
+    )
+    t_start.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds to wait for all to join"
+    )
+    t_start.set_defaults(handler=cmd_testnet_start)
+    t_status = testnet_commands.add_parser(
+        "status", help="print the manifest and which nodes are alive"
+    )
+    t_status.add_argument("--dir", type=Path, default=None)
+    t_status.add_argument("--json", action="store_true")
+    t_status.set_defaults(handler=cmd_testnet_status)
+    t_stop = testnet_commands.add_parser("stop", help="stop every node (SIGTERM, then SIGKILL)")
+    t_stop.add_argument("--dir", type=Path, default=None)
+    t_stop.set_defaults(handler=cmd_testnet_stop)
     return parser
 
 
@@ -123,6 +148,59 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2))
     else:
         print_status(status)
+    return 0
+
+
+def _testnet_dir(args: argparse.Namespace) -> Path:
+    from cli.testnet import default_testnet_dir
+
+    return Path(args.dir) if args.dir is not None else default_testnet_dir()
+
+
+def cmd_testnet_start(args: argparse.Namespace) -> int:
+    import time
+
+    from cli.testnet import start
+
+    directory = _testnet_dir(args)
+    started = time.monotonic()
+    nodes = start(directory, args.nodes, timeout=args.timeout)
+    elapsed = time.monotonic() - started
+    print(f"{len(nodes)} nodes joined in {elapsed:.1f} s; manifest: {directory / 'manifest.json'}")
+    print(f"bootstrap: {nodes[0].multiaddr}")
+    return 0
+
+
+def cmd_testnet_status(args: argparse.Namespace) -> int:
+    from cli.testnet import status
+
+    nodes = status(_testnet_dir(args))
+    if args.json:
+        print(json.dumps({"nodes": nodes}, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"testnet in {_testnet_dir(args)}", title_justify="left")
+    for column in ("#", "peer id", "multiaddr", "pid", "alive"):
+        table.add_column(column)
+    for i, node in enumerate(nodes):
+        table.add_row(
+            str(i),
+            node["peer_id"][:16],
+            node["multiaddr"].split("/p2p/")[0],
+            str(node["pid"]),
+            "yes" if node["alive"] else "[red]no[/]",
+        )
+    Console().print(table)
+    return 0
+
+
+def cmd_testnet_stop(args: argparse.Namespace) -> int:
+    from cli.testnet import stop
+
+    count = stop(_testnet_dir(args))
+    print(f"stopped {count} nodes")
     return 0
 
 

@@ -1,0 +1,185 @@
+"""A local network of real node processes on 127.0.0.1, and its manifest.
+
+``start`` launches node 0 with ``--first`` and the others with ``--peer`` pointing
+at it, all in ``--local`` mode, and returns once every node has joined (its
+routing table is not empty). ``manifest.json`` in the testnet dir records them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from cli.control import ControlError, control_socket_path, request
+
+MANIFEST_NAME = "manifest.json"
+
+
+class TestnetError(Exception):
+    """The testnet could not be started, found or stopped."""
+
+
+@dataclass(frozen=True)
+class NodeEntry:
+    peer_id: str
+    multiaddr: str
+    root_dir: str
+    pid: int
+    control_socket: str
+
+
+def default_testnet_dir() -> Path:
+    return Path(platformdirs.user_data_dir("autonomi-actors")) / "testnet"
+
+
+def manifest_path(testnet_dir: Path) -> Path:
+    return testnet_dir / MANIFEST_NAME
+
+
+def read_manifest(testnet_dir: Path) -> list[NodeEntry]:
+    path = manifest_path(testnet_dir)
+    try:
+        data = json.loads(path.read_text())
+        return [NodeEntry(**node) for node in data["nodes"]]
+    except FileNotFoundError:
+        raise TestnetError(f"no testnet in {testnet_dir} (no {MANIFEST_NAME})") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise TestnetError(f"{path} is not a testnet manifest: {exc}") from None
+
+
+def write_manifest(testnet_dir: Path, nodes: list[NodeEntry]) -> None:
+    path = manifest_path(testnet_dir)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"nodes": [asdict(n) for n in nodes]}, indent=2))
+    os.replace(tmp, path)
+
+
+def is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _spawn(root_dir: Path, extra: list[str]) -> subprocess.Popen[bytes]:
+    root_dir.mkdir(parents=True, exist_ok=True)
+    log = (root_dir / "node.out").open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "cli", "run", "--root-dir", str(root_dir), "--local", *extra],
+        stdout=log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,  # Ctrl-C in the launching shell does not reach the nodes
+    )
+
+
+def _wait_joined(
+    proc: subprocess.Popen[bytes], root_dir: Path, need_peers: bool, deadline: float
+) -> dict[str, Any]:
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise TestnetError(
+                f"node in {root_dir} exited with {proc.returncode}; see {root_dir / 'node.out'}"
+            )
+        if control_socket_path(root_dir).exists():
+            try:
+                status: dict[str, Any] = request(root_dir, "status", timeout=5)
+            except ControlError:
+                status = {}
+            if status.get("listen_addrs") and (
+                not need_peers or status.get("routing_table_size", 0) > 0
+            ):
+                return status
+        time.sleep(0.05)
+    raise TestnetError(f"node in {root_dir} did not join in time; see {root_dir / 'node.out'}")
+
+
+def start(
+    testnet_dir: Path, nodes: int, timeout: float = 120.0, extra_args: tuple[str, ...] = ()
+) -> list[NodeEntry]:
+    """Start ``nodes`` node processes and return their manifest entries."""
+    if nodes < 1:
+        raise TestnetError("a testnet needs at least one node")
+    testnet_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        running = [n for n in read_manifest(testnet_dir) if is_alive(n.pid)]
+    except TestnetError:
+        running = []
+    if running:
+        raise TestnetError(
+            f"a testnet is already running in {testnet_dir} ({len(running)} nodes); stop it first"
+        )
+    deadline = time.monotonic() + timeout
+    entries: list[NodeEntry] = []
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        first_root = testnet_dir / "node-00"
+        procs.append(_spawn(first_root, ["--first", *extra_args]))
+        status = _wait_joined(procs[0], first_root, need_peers=False, deadline=deadline)
+        bootstrap = status["listen_addrs"][0]
+        entries.append(_entry(status, first_root, procs[0].pid))
+        roots = [testnet_dir / f"node-{i:02d}" for i in range(1, nodes)]
+        procs += [_spawn(root, ["--peer", bootstrap, *extra_args]) for root in roots]
+        for proc, root in zip(procs[1:], roots, strict=True):
+            entries.append(
+                _entry(_wait_joined(proc, root, need_peers=True, deadline=deadline), root, proc.pid)
+            )
+    except BaseException:
+        for proc in procs:
+            proc.kill()
+        raise
+    write_manifest(testnet_dir, entries)
+    return entries
+
+
+def _entry(status: dict[str, Any], root: Path, pid: int) -> NodeEntry:
+    return NodeEntry(
+        peer_id=status["peer_id"],
+        multiaddr=status["listen_addrs"][0],
+        root_dir=str(root),
+        pid=pid,
+        control_socket=str(control_socket_path(root)),
+    )
+
+
+def stop(testnet_dir: Path, grace: float = 10.0) -> int:
+    """SIGTERM every node, SIGKILL those still running after ``grace`` seconds; returns how many ran."""
+    nodes = read_manifest(testnet_dir)
+    alive = [n for n in nodes if is_alive(n.pid)]
+    for node in alive:
+        os.kill(node.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(is_alive(n.pid) for n in alive):
+        _reap()
+        time.sleep(0.05)
+    for node in alive:
+        if is_alive(node.pid):
+            os.kill(node.pid, signal.SIGKILL)
+    _reap()
+    return len(alive)
+
+
+def _reap() -> None:
+    """Collect exited children, when this process started them (tests), so they are not zombies."""
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
+
+
+def status(testnet_dir: Path) -> list[dict[str, Any]]:
+    """The manifest with each node's liveness."""
+    return [{**asdict(n), "alive": is_alive(n.pid)} for n in read_manifest(testnet_dir)]
