@@ -113,3 +113,39 @@ class AddressObserved(Event):
 
     address: str
     reporter: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkStored(Event):
+    """A chunk this node is responsible for was stored (ChunkKeeper -> Replicator)."""
+
+    address: bytes
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkLost(Event):
+    """A held chunk failed its integrity check and was quarantined: fetch it again."""
+
+    address: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class HoldsChunk:
+    """Ask ChunkKeeper: is this chunk held (responsible or cached)?"""
+
+    address: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class HeldChunks:
+    """Ask ChunkKeeper: the addresses of every chunk held as responsible."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreChunk:
+    """Ask ChunkKeeper to store a chunk fetched by this node; the reply is the wire answer
+    a remote PUT would get (``PutAck`` or ``Error``)."""
+
+    address: bytes
+    content: bytes = field(repr=False)

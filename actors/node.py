@@ -18,10 +18,13 @@ from typing import Any, Literal
 import pykka
 
 from actors.base import MailboxFigures, NodeActor
+from actors.chunk_keeper import ChunkKeeper
 from actors.close_group_tracker import CloseGroupTracker
 from actors.messages import StatusQuery, Tick
 from actors.nat_traverser import NatTraverser
 from cli.control import ControlServer
+from persistence.chunk_files import ChunkFiles
+from persistence.database import Database, open_database
 from persistence.root_dir import RootDirLock, prepare_root_dir
 from protocol.identity import Identity, load_or_create
 
@@ -56,6 +59,7 @@ class Node:
         self.config = config
         self.root_dir = config.root_dir
         self.identity: Identity | None = None
+        self.database: Database | None = None
         self.refs: dict[str, pykka.ActorRef[Any]] = {}
         self.meters: dict[str, Any] = {}
         self._lock: RootDirLock | None = None
@@ -89,8 +93,16 @@ class Node:
         own_id = self.identity.peer_id
         self.started_at = time.time()
 
+        database = open_database(self.root_dir)
+        self._cleanup.append(database.close)
+        self.database = database
+        files = ChunkFiles(self.root_dir)
+        for stray in files.remove_stale_temp_files():
+            log.info("removed an unfinished chunk write: %s", stray.name)
+
         self._spawn(CloseGroupTracker, own_id)
         self._spawn(NatTraverser)
+        self._spawn(ChunkKeeper, own_id, database, files, self.config.max_storage)
 
         self._ticker = threading.Thread(target=self._tick_loop, name="node-ticker", daemon=True)
         self._ticker.start()

@@ -262,6 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _is_user_error(exc: Exception) -> bool:
+    from persistence.errors import PersistenceError
     from persistence.root_dir import RootDirError
     from protocol.identity import IdentityError
     from protocol.multiaddr import MultiaddrError

@@ -13,7 +13,7 @@ from actors.node import Node, NodeConfig
 from cli.control import request
 from persistence.root_dir import RootDirError
 
-EXPECTED_ACTORS = {"CloseGroupTracker", "NatTraverser"}
+EXPECTED_ACTORS = {"CloseGroupTracker", "NatTraverser", "ChunkKeeper"}
 
 
 def test_twenty_nodes_start_and_stop_leaving_no_thread(tmp_path: Path) -> None:

@@ -1,0 +1,124 @@
+"""ChunkKeeper against a real SQLite file and real chunk files."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pykka
+import pytest
+
+from actors.chunk_keeper import ChunkKeeper
+from actors.messages import ChunkLost, ChunkStored, InboundRequest, RoutingChanged, StatusQuery
+from persistence.chunk_files import ChunkFiles
+from persistence.database import Database, open_database
+from protocol.chunks import chunk_address
+from protocol.wire import Chunk, Error, ErrorCode, GetChunk, Message, NotFound, PutAck, PutChunk
+
+OWN = bytes(32)
+
+
+class Harness:
+    def __init__(self, root: Path, max_storage: int = 10 * 2**20) -> None:
+        self.database: Database = open_database(root)
+        self.files = ChunkFiles(root)
+        self.stored: list[ChunkStored] = []
+        self.lost: list[ChunkLost] = []
+        self.ref: pykka.ActorRef[Any] = ChunkKeeper.start(
+            OWN, self.database, self.files, max_storage, self.stored.append, self.lost.append
+        )
+
+    def request(self, message: Message) -> Message:
+        done = threading.Event()
+        answer: list[Message] = []
+
+        def reply(m: Message) -> None:
+            answer.append(m)
+            done.set()
+
+        self.ref.tell(InboundRequest(b"\x01" * 32, message, reply))
+        assert done.wait(5)
+        return answer[0]
+
+
+@pytest.fixture
+def keeper(tmp_path: Path) -> Iterator[Harness]:
+    harness = Harness(tmp_path)
+    yield harness
+    harness.ref.stop()
+    harness.database.close()
+
+
+def test_put_then_get_round_trip_and_idempotent(keeper: Harness) -> None:
+    content = os.urandom(1000)
+    address = chunk_address(content)
+    assert keeper.request(PutChunk(address, content)) == PutAck(address)
+    assert keeper.request(PutChunk(address, content)) == PutAck(address)
+    assert keeper.request(GetChunk(address)) == Chunk(address, content)
+    assert keeper.stored == [ChunkStored(address, 1000)], "stored once, acknowledged twice"
+    status = keeper.ref.ask(StatusQuery(), timeout=5)
+    assert status["chunks"] == 1 and status["bytes_stored"] == 1000
+
+
+def test_wrong_hash_is_refused_and_nothing_is_written(keeper: Harness) -> None:
+    content = os.urandom(100)
+    wrong = chunk_address(b"something else")
+    reply = keeper.request(PutChunk(wrong, content))
+    assert isinstance(reply, Error) and reply.code is ErrorCode.BAD_CHUNK
+    assert not keeper.files.exists(wrong)
+    assert keeper.request(GetChunk(wrong)) == NotFound(wrong)
+
+
+def test_storage_limit_gives_storage_full(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, max_storage=1500)
+    try:
+        first = os.urandom(1000)
+        assert isinstance(harness.request(PutChunk(chunk_address(first), first)), PutAck)
+        second = os.urandom(1000)
+        reply = harness.request(PutChunk(chunk_address(second), second))
+        assert isinstance(reply, Error) and reply.code is ErrorCode.STORAGE_FULL
+        assert "StorageFull" in reply.message
+        assert not harness.files.exists(chunk_address(second))
+        assert harness.request(GetChunk(chunk_address(first))) == Chunk(chunk_address(first), first)
+    finally:
+        harness.ref.stop()
+        harness.database.close()
+
+
+def test_not_responsible_when_many_peers_are_closer(keeper: Harness) -> None:
+    content = os.urandom(64)
+    address = chunk_address(content)
+    # Peers that share a longer prefix with the address than OWN (all zeros) can.
+    closer = [address[:4] + os.urandom(28) for _ in range(10)]
+    keeper.ref.tell(RoutingChanged(tuple(closer), ()))
+    reply = keeper.request(PutChunk(address, content))
+    assert isinstance(reply, Error) and reply.code is ErrorCode.NOT_RESPONSIBLE
+
+
+def test_corrupted_file_is_never_served_and_is_quarantined(keeper: Harness) -> None:
+    content = os.urandom(4096)
+    address = chunk_address(content)
+    assert isinstance(keeper.request(PutChunk(address, content)), PutAck)
+    path = keeper.files.path_of(address)
+    damaged = bytearray(path.read_bytes())
+    damaged[100] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    assert keeper.request(GetChunk(address)) == NotFound(address)
+    assert keeper.lost == [ChunkLost(address)]
+    assert not path.exists()
+    assert (keeper.files.quarantine_dir / address.hex()).read_bytes() == bytes(damaged)
+    assert keeper.database.get_chunk(address) is None
+    # and it can be stored again, from a good replica
+    assert isinstance(keeper.request(PutChunk(address, content)), PutAck)
+
+
+def test_audit_finds_a_chunk_damaged_at_rest(keeper: Harness) -> None:
+    content = os.urandom(512)
+    address = chunk_address(content)
+    assert isinstance(keeper.request(PutChunk(address, content)), PutAck)
+    keeper.files.path_of(address).write_bytes(b"rot")
+    keeper.ref.proxy().audit(1e12).get(timeout=5)  # far in the future: every chunk is due
+    assert keeper.lost == [ChunkLost(address)]
