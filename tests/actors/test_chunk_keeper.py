@@ -59,7 +59,7 @@ def test_put_then_get_round_trip_and_idempotent(keeper: Harness) -> None:
     assert keeper.request(PutChunk(address, content)) == PutAck(address)
     assert keeper.request(GetChunk(address)) == Chunk(address, content)
     assert keeper.stored == [ChunkStored(address, 1000)], "stored once, acknowledged twice"
-    status: dict[str, int] = keeper.ref.ask(StatusQuery(), timeout=5)
+    status: dict[str, int] = keeper.ref.ask(StatusQuery(), block=True, timeout=5)
     assert status["chunks"] == 1 and status["bytes_stored"] == 1000
 
 
