@@ -20,7 +20,10 @@ Pieces
     (``bench/bench_self_encryption.py`` prints both), but every chunk costs the client a
     lookup and a replicated store on the network, so 4x fewer chunks means 4x fewer
     round trips, and the data map is 4x smaller (recursion starts at ~200 GiB, not 50).
-    The price is a working set of a few pieces (~16 MiB), which is fine for a client.
+    The price is a working set of a few pieces (measured peak with tracemalloc: ~20 MiB
+    encrypting, ~8 MiB decrypting, for any file size), which is fine for a client.
+    Measured end to end (bench, 256 MiB, one core): encrypt ~420-500 MB/s incompressible,
+    ~120-150 MB/s text; decrypt ~900 MB/s incompressible, ~480 MB/s text.
 
 Keys (convergent)
     ``pre_hash[i] = BLAKE3(piece i)``. As in Autonomi, piece ``i`` is keyed by its own
@@ -234,6 +237,7 @@ def encrypt_piece(index: int, piece: bytes, pre_hashes: Sequence[bytes]) -> Encr
     if piece and len(compressed) < len(piece):
         body = bytes((_CODEC_ZSTD,)) + compressed
     else:
+        del compressed  # an incompressible piece: do not keep a useless copy alive
         body = bytes((_CODEC_RAW,)) + piece
     nonce = blake3(body, key=nonce_key).digest(length=NONCE_BYTES)
     content = nonce + AESGCM(enc_key).encrypt(nonce, body, None)
@@ -261,7 +265,7 @@ def _open_chunk(info: ChunkInfo, content: bytes, pre_hashes: Sequence[bytes]) ->
     enc_key, _ = piece_keys(info.index, pre_hashes)
     nonce = content[:NONCE_BYTES]
     try:
-        body = AESGCM(enc_key).decrypt(nonce, content[NONCE_BYTES:], None)
+        body = AESGCM(enc_key).decrypt(nonce, memoryview(content)[NONCE_BYTES:], None)
     except InvalidTag:
         raise CorruptChunk(address, "does not decrypt with the data map's key") from None
     codec, payload = body[0], memoryview(body)[1:]
