@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import sqlalchemy
 from alembic import command
@@ -32,7 +32,19 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import Connection, Engine, case, delete, event, func, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    bindparam,
+    case,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -44,7 +56,7 @@ from persistence.errors import (
     DatabaseUnavailableError,
     SchemaError,
 )
-from persistence.models import AUDIT_ORDER, ChunkKind, ChunkRow, NodeStateRow, PeerRow
+from persistence.models import ChunkKind, ChunkRow, NodeStateRow, PeerRow
 from protocol.xor import check_address
 
 DATABASE_FILENAME: Final = "node.sqlite3"
@@ -260,7 +272,9 @@ def _translate(path: Path, exc: sqlalchemy.exc.DBAPIError) -> DatabaseError:
     code = getattr(original, "sqlite_errorcode", 0) & 0xFF
     if code in _SQLITE_CORRUPT_CODES:
         return CorruptDatabaseError(path, f"is damaged: {original}")
-    return DatabaseUnavailableError(path, f"database error: {original}")
+    if isinstance(exc, sqlalchemy.exc.OperationalError):  # locked, I/O error, disk full, ...
+        return DatabaseUnavailableError(path, f"database error: {original}")
+    return DatabaseError(path, f"database error: {original}")
 
 
 # --- the repository --------------------------------------------------------------
@@ -320,24 +334,17 @@ class Database:
     def get_state(self, key: str) -> str | None:
         """The value stored under ``key``, or None."""
         with self._read() as connection:
-            return connection.execute(
-                select(NodeStateRow.value).where(NodeStateRow.key == key)
-            ).scalar_one_or_none()
+            return connection.execute(_GET_STATE, {"key": key}).scalar_one_or_none()
 
     def set_state(self, key: str, value: str) -> None:
         """Store ``value`` under ``key``, replacing any previous value."""
-        statement = sqlite_insert(NodeStateRow).values(key=key, value=value)
-        statement = statement.on_conflict_do_update(
-            index_elements=[NodeStateRow.key], set_={"value": statement.excluded.value}
-        )
         with self._write() as connection:
-            connection.execute(statement)
+            connection.execute(_SET_STATE, {"key": key, "value": value})
 
     def all_state(self) -> dict[str, str]:
         """Every key and value of the node state."""
         with self._read() as connection:
-            rows = connection.execute(select(NodeStateRow.key, NodeStateRow.value))
-            return dict(rows.tuples())
+            return {row.key: row.value for row in connection.execute(_ALL_STATE)}
 
     # peers
 
@@ -346,66 +353,42 @@ class Database:
         repeated peer id wins)."""
         by_id = {check_address(peer.peer_id): peer for peer in peers}
         with self._write() as connection:
-            connection.execute(delete(PeerRow))
+            connection.execute(_DELETE_ALL_PEERS)
             if by_id:
-                connection.execute(
-                    sqlalchemy.insert(PeerRow), [_peer_values(peer) for peer in by_id.values()]
-                )
+                connection.execute(_INSERT_PEER, [_peer_values(peer) for peer in by_id.values()])
 
     def upsert_peer(self, peer: StoredPeer) -> None:
         """Insert or replace one peer."""
         check_address(peer.peer_id)
-        statement = sqlite_insert(PeerRow).values(_peer_values(peer))
-        statement = statement.on_conflict_do_update(
-            index_elements=[PeerRow.peer_id],
-            set_={
-                name: statement.excluded[name]
-                for name in ("addrs", "last_seen", "failures", "in_routing_table")
-            },
-        )
         with self._write() as connection:
-            connection.execute(statement)
+            connection.execute(_UPSERT_PEER, _peer_values(peer))
 
     def load_peers(self) -> list[StoredPeer]:
         """Every stored peer: routing-table peers first, each group least recently seen
         first (the order a k-bucket keeps)."""
-        statement = select(
-            PeerRow.peer_id,
-            PeerRow.addrs,
-            PeerRow.last_seen,
-            PeerRow.failures,
-            PeerRow.in_routing_table,
-        ).order_by(PeerRow.in_routing_table.desc(), PeerRow.last_seen, PeerRow.peer_id)
         with self._read() as connection:
             return [
                 StoredPeer(
-                    peer_id=peer_id,
-                    addrs=tuple(addrs),
-                    last_seen=last_seen,
-                    failures=failures,
-                    in_routing_table=in_routing_table,
+                    peer_id=row.peer_id,
+                    addrs=tuple(row.addrs),
+                    last_seen=row.last_seen,
+                    failures=row.failures,
+                    in_routing_table=bool(row.in_routing_table),
                 )
-                for peer_id, addrs, last_seen, failures, in_routing_table in connection.execute(
-                    statement
-                )
+                for row in connection.execute(_LOAD_PEERS)
             ]
 
     def delete_peer(self, peer_id: bytes) -> bool:
         """Forget a peer; False if it was not stored."""
         with self._write() as connection:
-            result = connection.execute(delete(PeerRow).where(PeerRow.peer_id == peer_id))
-            return result.rowcount > 0
+            return connection.execute(_DELETE_PEER, {"match_peer_id": peer_id}).rowcount > 0
 
     def record_peer_failure(self, peer_id: bytes) -> int | None:
         """Count one more failed contact; the new count, or None if the peer is unknown."""
-        statement = (
-            update(PeerRow)
-            .where(PeerRow.peer_id == peer_id)
-            .values(failures=PeerRow.failures + 1)
-            .returning(PeerRow.failures)
-        )
         with self._write() as connection:
-            return connection.execute(statement).scalar_one_or_none()
+            return connection.execute(
+                _RECORD_PEER_FAILURE, {"match_peer_id": peer_id}
+            ).scalar_one_or_none()
 
     # chunks
 
@@ -416,118 +399,75 @@ class Database:
         its kind may change, from cache to responsible (use ``set_chunk_kind`` to
         demote it).
         """
-        check_address(address)
-        kind = ChunkKind(kind)
-        if size < 0:
-            raise ValueError(f"a chunk size cannot be negative: {size}")
+        values = _new_chunk_values(address, size, kind, now)
         with self._write() as connection:
-            existing = connection.execute(
-                select(ChunkRow.kind).where(ChunkRow.address == address)
-            ).scalar_one_or_none()
-            if existing is None:
-                connection.execute(
-                    sqlalchemy.insert(ChunkRow).values(
-                        address=address, size=size, kind=kind.value, stored_at=now
-                    )
-                )
+            if connection.execute(_INSERT_CHUNK_IF_NEW, values).rowcount > 0:
                 return True
-            if kind is ChunkKind.RESPONSIBLE and existing != kind.value:
+            if values["kind"] == ChunkKind.RESPONSIBLE.value:
                 connection.execute(
-                    update(ChunkRow).where(ChunkRow.address == address).values(kind=kind.value)
+                    _SET_CHUNK_KIND, {"match_address": address, "new_kind": values["kind"]}
                 )
             return False
 
     def add_chunks(self, chunks: Iterable[tuple[bytes, int, ChunkKind]], now: float) -> None:
         """Record many ``(address, size, kind)`` in one transaction, like ``add_chunk``."""
-        values = []
-        for address, size, kind in chunks:
-            check_address(address)
-            if size < 0:
-                raise ValueError(f"a chunk size cannot be negative: {size}")
-            values.append(
-                {"address": address, "size": size, "kind": ChunkKind(kind).value, "stored_at": now}
-            )
-        if not values:
-            return
-        statement = sqlite_insert(ChunkRow)
-        responsible = ChunkKind.RESPONSIBLE.value
-        statement = statement.on_conflict_do_update(
-            index_elements=[ChunkRow.address],
-            set_={
-                "kind": case(
-                    (statement.excluded.kind == responsible, responsible),
-                    else_=ChunkRow.kind,
-                )
-            },
-        )
-        with self._write() as connection:
-            connection.execute(statement, values)
+        values = [_new_chunk_values(address, size, kind, now) for address, size, kind in chunks]
+        if values:
+            with self._write() as connection:
+                connection.execute(_UPSERT_CHUNK, values)
 
     def get_chunk(self, address: bytes) -> ChunkRecord | None:
         """The metadata of one chunk, or None."""
         with self._read() as connection:
-            row = connection.execute(
-                _CHUNK_COLUMNS.where(ChunkRow.address == address)
-            ).one_or_none()
+            row = connection.execute(_GET_CHUNK, {"match_address": address}).one_or_none()
         return None if row is None else _chunk_record(*row)
 
     def delete_chunk(self, address: bytes) -> bool:
         """Forget a chunk's metadata; False if it was not recorded."""
         with self._write() as connection:
-            result = connection.execute(delete(ChunkRow).where(ChunkRow.address == address))
-            return result.rowcount > 0
+            return connection.execute(_DELETE_CHUNK, {"match_address": address}).rowcount > 0
 
     def set_chunk_kind(self, address: bytes, kind: ChunkKind) -> bool:
         """Change why a chunk is held; False if it is not recorded."""
-        kind = ChunkKind(kind)
+        values = {"match_address": address, "new_kind": ChunkKind(kind).value}
         with self._write() as connection:
-            result = connection.execute(
-                update(ChunkRow).where(ChunkRow.address == address).values(kind=kind.value)
-            )
-            return result.rowcount > 0
+            return connection.execute(_SET_CHUNK_KIND, values).rowcount > 0
 
     def list_chunk_addresses(self, kind: ChunkKind | None = None) -> list[bytes]:
         """Addresses of the recorded chunks (of one kind if given), in address order."""
-        statement = select(ChunkRow.address).order_by(ChunkRow.address)
-        if kind is not None:
-            statement = statement.where(ChunkRow.kind == ChunkKind(kind).value)
         with self._read() as connection:
-            return list(connection.execute(statement).scalars())
+            if kind is None:
+                return list(connection.execute(_LIST_CHUNKS).scalars())
+            values = {"kind": ChunkKind(kind).value}
+            return list(connection.execute(_LIST_CHUNKS_OF_KIND, values).scalars())
 
     def chunk_totals(self) -> dict[ChunkKind, ChunkTotals]:
         """Count and bytes of the recorded chunks, for every kind (zeros included)."""
-        statement = select(
-            ChunkRow.kind, func.count(), func.coalesce(func.sum(ChunkRow.size), 0)
-        ).group_by(ChunkRow.kind)
         totals = {kind: ChunkTotals(0, 0) for kind in ChunkKind}
         with self._read() as connection:
-            for kind, count, total_bytes in connection.execute(statement):
+            for kind, count, total_bytes in connection.execute(_CHUNK_TOTALS):
                 totals[ChunkKind(kind)] = ChunkTotals(count, total_bytes)
         return totals
 
     def mark_verified(self, address: bytes, now: float) -> bool:
         """Record that the chunk's bytes were checked good at ``now``; False if unknown."""
         with self._write() as connection:
-            result = connection.execute(
-                update(ChunkRow).where(ChunkRow.address == address).values(last_verified=now)
-            )
-            return result.rowcount > 0
+            values = {"match_address": address, "verified_at": now}
+            return connection.execute(_MARK_VERIFIED, values).rowcount > 0
 
     def chunks_due_for_audit(self, before: float, limit: int) -> list[ChunkRecord]:
         """Up to ``limit`` chunks last known good (audited, else stored) before
         ``before``, the longest unchecked first."""
-        statement = (
-            _CHUNK_COLUMNS.where(AUDIT_ORDER < before)  # noqa: SIM300
-            .order_by(AUDIT_ORDER, ChunkRow.address)
-            .limit(limit)
-        )
         with self._read() as connection:
-            return [_chunk_record(*row) for row in connection.execute(statement)]
+            rows = connection.execute(_CHUNKS_DUE, {"before": before, "limit": limit})
+            return [_chunk_record(*row) for row in rows]
 
 
-_CHUNK_COLUMNS = select(
-    ChunkRow.address, ChunkRow.size, ChunkRow.kind, ChunkRow.stored_at, ChunkRow.last_verified
-)
+def _new_chunk_values(address: bytes, size: int, kind: ChunkKind, now: float) -> dict[str, Any]:
+    check_address(address)
+    if size < 0:
+        raise ValueError(f"a chunk size cannot be negative: {size}")
+    return {"address": address, "size": size, "kind": ChunkKind(kind).value, "stored_at": now}
 
 
 def _chunk_record(
@@ -544,3 +484,85 @@ def _peer_values(peer: StoredPeer) -> dict[str, Any]:
         "failures": peer.failures,
         "in_routing_table": peer.in_routing_table,
     }
+
+
+# --- statements, built once (Core on the model tables: cheaper per call than ORM) ----
+
+_state = cast(Table, NodeStateRow.__table__)
+_peers = cast(Table, PeerRow.__table__)
+_chunks = cast(Table, ChunkRow.__table__)
+
+_GET_STATE = select(_state.c.value).where(_state.c.key == bindparam("key"))
+_ALL_STATE = select(_state.c.key, _state.c.value)
+_upsert_state = sqlite_insert(_state)
+_SET_STATE = _upsert_state.on_conflict_do_update(
+    index_elements=[_state.c.key], set_={"value": _upsert_state.excluded.value}
+)
+
+_DELETE_ALL_PEERS = delete(_peers)
+_INSERT_PEER = insert(_peers)
+_upsert_peer = sqlite_insert(_peers)
+_UPSERT_PEER = _upsert_peer.on_conflict_do_update(
+    index_elements=[_peers.c.peer_id],
+    set_={
+        name: _upsert_peer.excluded[name]
+        for name in ("addrs", "last_seen", "failures", "in_routing_table")
+    },
+)
+_LOAD_PEERS = select(
+    _peers.c.peer_id,
+    _peers.c.addrs,
+    _peers.c.last_seen,
+    _peers.c.failures,
+    _peers.c.in_routing_table,
+).order_by(_peers.c.in_routing_table.desc(), _peers.c.last_seen, _peers.c.peer_id)
+_peer_id_is = _peers.c.peer_id == bindparam("match_peer_id")
+_DELETE_PEER = delete(_peers).where(_peer_id_is)
+_RECORD_PEER_FAILURE = (
+    update(_peers)
+    .where(_peer_id_is)
+    .values(failures=_peers.c.failures + 1)
+    .returning(_peers.c.failures)
+)
+
+_CHUNK_COLUMNS = (
+    _chunks.c.address,
+    _chunks.c.size,
+    _chunks.c.kind,
+    _chunks.c.stored_at,
+    _chunks.c.last_verified,
+)
+_INSERT_CHUNK_IF_NEW = sqlite_insert(_chunks).on_conflict_do_nothing(
+    index_elements=[_chunks.c.address]
+)
+_upsert_chunk = sqlite_insert(_chunks)
+_UPSERT_CHUNK = _upsert_chunk.on_conflict_do_update(
+    index_elements=[_chunks.c.address],
+    set_={
+        # A known chunk keeps its times; responsible wins over cache.
+        "kind": case(
+            (
+                _upsert_chunk.excluded.kind == ChunkKind.RESPONSIBLE.value,
+                ChunkKind.RESPONSIBLE.value,
+            ),
+            else_=_chunks.c.kind,
+        )
+    },
+)
+_address_is = _chunks.c.address == bindparam("match_address")
+_GET_CHUNK = select(*_CHUNK_COLUMNS).where(_address_is)
+_DELETE_CHUNK = delete(_chunks).where(_address_is)
+_SET_CHUNK_KIND = update(_chunks).where(_address_is).values(kind=bindparam("new_kind"))
+_MARK_VERIFIED = update(_chunks).where(_address_is).values(last_verified=bindparam("verified_at"))
+_LIST_CHUNKS = select(_chunks.c.address).order_by(_chunks.c.address)
+_LIST_CHUNKS_OF_KIND = _LIST_CHUNKS.where(_chunks.c.kind == bindparam("kind"))
+_CHUNK_TOTALS = select(
+    _chunks.c.kind, func.count(), func.coalesce(func.sum(_chunks.c.size), 0)
+).group_by(_chunks.c.kind)
+_last_known_good = func.coalesce(_chunks.c.last_verified, _chunks.c.stored_at)
+_CHUNKS_DUE = (
+    select(*_CHUNK_COLUMNS)
+    .where(_last_known_good < bindparam("before"))
+    .order_by(_last_known_good)
+    .limit(bindparam("limit"))
+)

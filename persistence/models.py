@@ -95,6 +95,7 @@ class ChunkRow(Base):
 
 AUDIT_ORDER = func.coalesce(ChunkRow.last_verified, ChunkRow.stored_at)
 """When a chunk's bytes were last known good: its last audit, else its arrival (the
-hash is checked when a chunk is stored). Audits take the oldest first."""
+hash is checked when a chunk is stored). Audits take the oldest first; the audit
+query must use this same expression for SQLite to use the index."""
 
 Index("ix_chunks_audit_order", AUDIT_ORDER)

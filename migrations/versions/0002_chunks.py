@@ -19,11 +19,12 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("peers") as batch:
-        # Peers saved before this revision were all routing-table members.
-        batch.add_column(
-            sa.Column("in_routing_table", sa.Boolean(), server_default=sa.text("1"), nullable=False)
-        )
+    # Peers saved before this revision were all routing-table members. (A plain ADD
+    # COLUMN: SQLite allows it with a default, and it works in --sql mode too.)
+    op.add_column(
+        "peers",
+        sa.Column("in_routing_table", sa.Boolean(), server_default=sa.text("1"), nullable=False),
+    )
     op.create_table(
         "chunks",
         sa.Column("address", sa.LargeBinary(), nullable=False),
