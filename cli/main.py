@@ -262,11 +262,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _is_user_error(exc: Exception) -> bool:
+    from cli.testnet import TestnetError
     from persistence.errors import PersistenceError
     from persistence.root_dir import RootDirError
     from protocol.identity import IdentityError
     from protocol.multiaddr import MultiaddrError
 
-    return isinstance(
-        exc, UsageError | ControlError | RootDirError | IdentityError | MultiaddrError
+    user_errors = (
+        UsageError,
+        ControlError,
+        RootDirError,
+        IdentityError,
+        MultiaddrError,
+        TestnetError,
+        PersistenceError,
     )
+    return isinstance(exc, user_errors)

@@ -19,7 +19,9 @@ def wait_for_status(root: Path, timeout: float = 20.0) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
-        done = subprocess.run([*CLI, "status", "--root-dir", str(root), "--json"], capture_output=True, text=True)
+        done = subprocess.run(
+            [*CLI, "status", "--root-dir", str(root), "--json"], capture_output=True, text=True
+        )
         if done.returncode == 0:
             status: dict[str, object] = json.loads(done.stdout)
             return status
@@ -31,13 +33,17 @@ def wait_for_status(root: Path, timeout: float = 20.0) -> dict[str, object]:
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_run_answers_status_and_stops_on_signal(tmp_path: Path, signum: int) -> None:
     root = tmp_path / "node"
-    proc = subprocess.Popen([*CLI, "run", "--root-dir", str(root), "--first"], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*CLI, "run", "--root-dir", str(root), "--first"], stderr=subprocess.PIPE, text=True
+    )
     try:
         status = wait_for_status(root)
         peer_id = str(status["peer_id"])
         assert len(peer_id) == 64
         assert "actors" in status and "public_key" in status
-        human = subprocess.run([*CLI, "status", "--root-dir", str(root)], capture_output=True, text=True, check=True)
+        human = subprocess.run(
+            [*CLI, "status", "--root-dir", str(root)], capture_output=True, text=True, check=True
+        )
         assert peer_id in human.stdout and "actors" in human.stdout
         started = time.monotonic()
         proc.send_signal(signum)
@@ -61,7 +67,9 @@ def test_run_answers_status_and_stops_on_signal(tmp_path: Path, signum: int) -> 
 
 
 def test_status_without_a_node_is_a_clear_error(tmp_path: Path) -> None:
-    done = subprocess.run([*CLI, "status", "--root-dir", str(tmp_path)], capture_output=True, text=True)
+    done = subprocess.run(
+        [*CLI, "status", "--root-dir", str(tmp_path)], capture_output=True, text=True
+    )
     assert done.returncode == 1
     assert "no node is running" in done.stderr
     assert "Traceback" not in done.stderr
@@ -73,13 +81,38 @@ def test_unwritable_root_dir_is_a_clear_error(tmp_path: Path) -> None:
     else:
         (tmp_path / "ro").mkdir(mode=0o500)
         target = tmp_path / "ro" / "node"
-    done = subprocess.run([*CLI, "run", "--root-dir", str(target), "--first"], capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [*CLI, "run", "--root-dir", str(target), "--first"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 1
     assert "cannot create root dir" in done.stderr
     assert "Traceback" not in done.stderr
 
 
 def test_bad_size_is_a_usage_error(tmp_path: Path) -> None:
-    done = subprocess.run([*CLI, "run", "--root-dir", str(tmp_path), "--max-storage", "lots"], capture_output=True, text=True)
+    done = subprocess.run(
+        [*CLI, "run", "--root-dir", str(tmp_path), "--max-storage", "lots"],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2
     assert "not a size" in done.stderr
+
+
+def test_corrupt_database_is_a_clear_error_and_is_kept(tmp_path: Path) -> None:
+    root = tmp_path / "node"
+    root.mkdir(mode=0o700)
+    garbage = b"this is not a database" * 500
+    (root / "node.sqlite3").write_bytes(garbage)
+    done = subprocess.run(
+        [*CLI, "run", "--root-dir", str(root), "--first"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1
+    assert "node.sqlite3" in done.stderr and "Traceback" not in done.stderr
+    assert (root / "node.sqlite3").read_bytes() == garbage
