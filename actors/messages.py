@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from protocol.wire import Message
 
@@ -149,3 +149,18 @@ class StoreChunk:
 
     address: bytes
     content: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class FindClosest(Event):
+    """Run an iterative lookup of ``target``; ``on_done`` gets the closest peers found
+    (``protocol.lookup.Contact``, closest first). Sent to BucketManager."""
+
+    target: bytes
+    on_done: Callable[[list[Any]], None] = field(repr=False)
+    count: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingSnapshot:
+    """Ask BucketManager: the routing table's peers as ``(peer_id, addrs)`` pairs."""
