@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(handler=cmd_status)
 
+    top = commands.add_parser("top", help="live view of a running node's actors and connections")
+    top.add_argument("--root-dir", type=Path, required=True)
+    top.add_argument(
+        "--interval", type=float, default=0.4, help="seconds between refreshes (default 0.4)"
+    )
+    top.set_defaults(handler=cmd_top)
+
     testnet = commands.add_parser("testnet", help="a local network of node processes on 127.0.0.1")
     testnet_commands = testnet.add_subparsers(
         dest="testnet_command", required=True, metavar="ACTION"
@@ -149,6 +156,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print_status(status)
     return 0
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from cli.top import MIN_INTERVAL, run_top
+
+    if args.interval < MIN_INTERVAL:
+        raise UsageError(f"--interval must be at least {MIN_INTERVAL} seconds")
+    return run_top(args.root_dir, args.interval)
 
 
 def _testnet_dir(args: argparse.Namespace) -> Path:

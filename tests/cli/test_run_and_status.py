@@ -58,12 +58,12 @@ def test_run_answers_status_and_stops_on_signal(tmp_path: Path, signum: int) -> 
             proc.kill()
             proc.wait()
     # Restarting reuses the identity.
-    proc = subprocess.Popen([*CLI, "run", "--root-dir", str(root)], stderr=subprocess.DEVNULL)
+    again = subprocess.Popen([*CLI, "run", "--root-dir", str(root)], stderr=subprocess.DEVNULL)
     try:
         assert wait_for_status(root)["peer_id"] == peer_id
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        again.terminate()
+        again.wait(timeout=10)
 
 
 def test_status_without_a_node_is_a_clear_error(tmp_path: Path) -> None:
