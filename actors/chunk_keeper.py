@@ -75,6 +75,8 @@ class ChunkKeeper(NodeActor):
         self.on_lost = on_lost
         self.known_peers: set[bytes] = set()
         self.bytes_stored = 0
+        self.chunk_count = 0
+        self.cached_count = 0
         self.puts = 0
         self.gets = 0
         self.rejected = 0
@@ -82,6 +84,8 @@ class ChunkKeeper(NodeActor):
     def on_start(self) -> None:
         totals = self.database.chunk_totals()
         self.bytes_stored = sum(t.total_bytes for t in totals.values())
+        self.chunk_count = totals[ChunkKind.RESPONSIBLE].count
+        self.cached_count = totals[ChunkKind.CACHE].count
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -101,13 +105,10 @@ class ChunkKeeper(NodeActor):
             case Tick(now=now):
                 self.audit(now)
             case StatusQuery():
-                totals = self.database.chunk_totals()
-                responsible = totals.get(ChunkKind.RESPONSIBLE)
-                cached = totals.get(ChunkKind.CACHE)
                 return {
-                    "chunks": responsible.count if responsible else 0,
+                    "chunks": self.chunk_count,
                     "bytes_stored": self.bytes_stored,
-                    "cached_chunks": cached.count if cached else 0,
+                    "cached_chunks": self.cached_count,
                     "max_storage": self.max_storage,
                     "puts": self.puts,
                     "gets": self.gets,
@@ -148,9 +149,11 @@ class ChunkKeeper(NodeActor):
         now = time.time()
         if held is not None:  # a cached copy becomes a responsible one
             self.database.set_chunk_kind(address, ChunkKind.RESPONSIBLE)
+            self.cached_count -= 1
         else:
             self.database.add_chunk(address, len(content), ChunkKind.RESPONSIBLE, now)
             self.bytes_stored += len(content)
+        self.chunk_count += 1
         self.database.mark_verified(address, now)
         self.puts += 1
         self.on_stored(ChunkStored(address, len(content)))
@@ -174,6 +177,10 @@ class ChunkKeeper(NodeActor):
         self.files.quarantine(address)
         if self.database.delete_chunk(address) and record is not None:
             self.bytes_stored -= record.size
+            if record.kind is ChunkKind.RESPONSIBLE:
+                self.chunk_count -= 1
+            else:
+                self.cached_count -= 1
         self.on_lost(ChunkLost(address))
 
     def audit(self, now: float) -> None:

@@ -111,6 +111,8 @@ def test_corrupted_file_is_never_served_and_is_quarantined(keeper: Harness) -> N
     assert not path.exists()
     assert (keeper.files.quarantine_dir / address.hex()).read_bytes() == bytes(damaged)
     assert keeper.database.get_chunk(address) is None
+    status: dict[str, int] = keeper.ref.ask(StatusQuery(), block=True, timeout=5)
+    assert status["chunks"] == 0 and status["bytes_stored"] == 0
     # and it can be stored again, from a good replica
     assert isinstance(keeper.request(PutChunk(address, content)), PutAck)
 
