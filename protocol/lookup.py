@@ -15,18 +15,25 @@ Rules:
 
 - candidates are queried strictly closest-first, and only while they rank among
   the ``k`` closest live candidates (failed peers are dropped from the ranking);
-- at most ``alpha`` queries are outstanding, not counting *slow* ones: a query
+- at most ``alpha`` queries are outstanding (``k`` once the lookup is *stalled*:
+  ``alpha`` answers in a row named no peer closer than the closest known, as in
+  the Kademlia paper's final phase), not counting *slow* ones: a query
   unanswered after ``query_timeout`` is marked slow and its slot goes to the next
   candidate; a late answer is still used. After ``give_up_after`` an unanswered
   query counts as failed even if the owner never calls ``on_failure``;
 - the lookup is done when the ``k`` closest candidates have all answered (or no
   candidate is left);
 - defences: replies from peers not queried (or already resolved) are ignored;
-  only the first ``reply_scan_limit`` entries of a reply are read, entries with an
-  invalid id, our own id or a duplicate id are dropped, and only the ``k`` closest
-  to the target of what remains are kept; the shortlist holds at most
-  ``shortlist_size`` candidates (the farthest are dropped). A reply of garbage or
-  of far-away peers therefore cannot push a closer candidate aside.
+  only the first ``reply_scan_limit`` entries of a reply are read; entries with
+  an invalid id, our own id or a duplicate id are dropped, and only the ``k``
+  closest to the target of what remains are kept. The shortlist is bounded
+  (``_trim``: the ``shortlist_size`` closest candidates not yet answered, as many
+  farther corroborated ones, and those that answered). A reply of garbage or of
+  far-away peers therefore cannot push a closer candidate aside. A responder
+  that named ``distrust_after`` peers that then failed (invented ids close to
+  the target, say) is distrusted: the candidates only it named and not yet
+  asked are forgotten and its later answers ignored (it still counts as having
+  answered).
 
 ``rounds`` is the length of the longest chain of dependent queries that were
 answered: a query to a seed is round 1, a query to a peer first learnt from an
@@ -54,6 +61,8 @@ QUERY_TIMEOUT: Final = 1.0
 REPLY_SCAN_LIMIT: Final = 64
 """Entries read from one reply (the wire allows at most 64 anyway)."""
 MAX_ADDRS: Final = 8
+DISTRUST_AFTER: Final = 3
+"""Failed peers a responder may name before its answers are ignored."""
 
 
 class PeerLike(Protocol):
@@ -88,6 +97,8 @@ class _Candidate:
     distance: int
     depth: int
     """Round of the query whose answer first named this peer (0 for a seed)."""
+    sources: tuple[bytes, ...] = ()
+    """The peers whose answers named this one (empty for a seed)."""
     state: _State = _State.FRESH
     sent_at: float = 0.0
     attempts: int = 0
@@ -109,6 +120,7 @@ class Lookup:
         retries: int = 0,
         shortlist_size: int | None = None,
         reply_scan_limit: int = REPLY_SCAN_LIMIT,
+        distrust_after: int = DISTRUST_AFTER,
         now: float,
     ) -> None:
         if len(target) != ADDRESS_BYTES or len(own_id) != ADDRESS_BYTES:
@@ -124,6 +136,7 @@ class Lookup:
         self.retries = retries
         self.shortlist_size = max(k, 4 * k if shortlist_size is None else shortlist_size)
         self.reply_scan_limit = reply_scan_limit
+        self.distrust_after = distrust_after
         self.started_at = now
         self.finished_at: float | None = None
         """When ``done`` first became true."""
@@ -137,8 +150,11 @@ class Lookup:
         """(distance, peer id) of every live candidate, closest first."""
         self._in_flight: dict[bytes, _Candidate] = {}
         self._queried: set[bytes] = set()
+        self._bad_introductions: dict[bytes, int] = {}
+        self._distrusted: set[bytes] = set()
         self._done = False
-        self._add(self._clean(seeds, limit=None), depth=0)
+        self._no_progress = 0
+        self._add(self._clean(seeds, limit=None), depth=0, source=None)
         self._update_done(now)
 
     # --- state ---------------------------------------------------------------------
@@ -147,6 +163,12 @@ class Lookup:
     def done(self) -> bool:
         """True once the ``k`` closest candidates have all answered (it stays true)."""
         return self._done
+
+    @property
+    def stalled(self) -> bool:
+        """``alpha`` answers in a row brought no closer peer: the remaining candidates
+        among the ``k`` closest are queried all at once (up to ``k`` outstanding)."""
+        return self._no_progress >= self.alpha
 
     @property
     def in_flight(self) -> int:
@@ -193,9 +215,10 @@ class Lookup:
         if self._done:
             return []
         active = sum(1 for c in self._in_flight.values() if c.state is _State.WAITING)
+        limit = self.k if self.stalled else self.alpha
         out: list[Contact] = []
         for _, peer_id in itertools.islice(self._order, self.k):
-            if active >= self.alpha:
+            if active >= limit:
                 break
             candidate = self._candidates[peer_id]
             if candidate.state is _State.FRESH:
@@ -220,7 +243,15 @@ class Lookup:
         self.replies += 1
         depth = candidate.depth + 1
         self.rounds = max(self.rounds, depth)
-        self._add(self._clean(peers, limit=self.reply_scan_limit), depth=depth)
+        order = self._order
+        closest_before = order[0][0] if order else None
+        short_before = len(order) < self.k
+        if peer_id not in self._distrusted:
+            self._add(self._clean(peers, limit=self.reply_scan_limit), depth, source=peer_id)
+        progress = bool(order) and (
+            closest_before is None or order[0][0] < closest_before or short_before
+        )
+        self._no_progress = 0 if progress else self._no_progress + 1
         self._update_done(now)
         return True
 
@@ -235,65 +266,126 @@ class Lookup:
 
     # --- internals -----------------------------------------------------------------
 
-    def _clean(self, peers: Iterable[PeerLike], limit: int | None) -> list[tuple[int, Contact]]:
-        """Valid, distinct, not-own entries, at most ``k`` of them, closest first."""
-        seen: dict[bytes, tuple[int, Contact]] = {}
+    def _clean(
+        self, peers: Iterable[PeerLike], limit: int | None
+    ) -> list[tuple[int, bytes, PeerLike]]:
+        """(distance, id, entry) of valid, distinct, not-own entries, closest first;
+        at most ``k`` of them when ``limit`` is set (a reply), all for the seeds."""
+        seen: set[bytes] = set()
+        cleaned: list[tuple[int, bytes, PeerLike]] = []
         t = self._target_int
+        own = self.own_id
         try:
             entries = peers if limit is None else itertools.islice(peers, limit)
             for entry in entries:
                 peer_id = getattr(entry, "peer_id", None)
-                if not isinstance(peer_id, bytes) or len(peer_id) != ADDRESS_BYTES:
+                if type(peer_id) is not bytes or len(peer_id) != ADDRESS_BYTES:
                     continue
-                if peer_id == self.own_id or peer_id in seen:
+                if peer_id == own or peer_id in seen:
                     continue
-                seen[peer_id] = (
-                    int.from_bytes(peer_id, "big") ^ t,
-                    Contact(peer_id, _clean_addrs(getattr(entry, "addrs", ()))),
-                )
+                seen.add(peer_id)
+                cleaned.append((int.from_bytes(peer_id, "big") ^ t, peer_id, entry))
         except TypeError:
             pass  # not iterable: keep what was read
-        cleaned = list(seen.values())
-        if limit is None:
-            cleaned.sort(key=lambda item: item[0])
+        if limit is None or len(cleaned) <= self.k:
+            cleaned.sort(key=_first)
             return cleaned
-        return heapq.nsmallest(self.k, cleaned, key=lambda item: item[0])
+        return heapq.nsmallest(self.k, cleaned, key=_first)
 
-    def _add(self, cleaned: list[tuple[int, Contact]], depth: int) -> None:
-        for distance, contact in cleaned:
-            known = self._candidates.get(contact.peer_id)
+    def _add(
+        self, cleaned: list[tuple[int, bytes, PeerLike]], depth: int, source: bytes | None
+    ) -> None:
+        candidates = self._candidates
+        order = self._order
+        sources = () if source is None else (source,)
+        for distance, peer_id, entry in cleaned:
+            known = candidates.get(peer_id)
             if known is not None:
                 known.depth = min(known.depth, depth)
-                if not known.contact.addrs and contact.addrs:
-                    known.contact = contact
+                if known.sources and source is not None and source not in known.sources:
+                    known.sources += sources
+                elif source is None:
+                    known.sources = ()  # a seed is trusted whoever else named it
+                if not known.contact.addrs:
+                    addrs = _clean_addrs(getattr(entry, "addrs", ()))
+                    if addrs:
+                        known.contact = Contact(peer_id, addrs)
                 continue
-            if contact.peer_id in self._queried:
+            if peer_id in self._queried:
                 continue  # failed, or dropped from the shortlist after it was queried
-            if len(self._order) >= self.shortlist_size and distance > self._order[-1][0]:
+            if len(order) >= self.shortlist_size and distance > order[-1][0]:
                 continue
-            self._candidates[contact.peer_id] = _Candidate(contact, distance, depth)
-            bisect.insort(self._order, (distance, contact.peer_id))
-        while len(self._order) > self.shortlist_size:
-            _, dropped = self._order.pop()
-            del self._candidates[dropped]  # an in-flight query can still be answered
+            contact = Contact(peer_id, _clean_addrs(getattr(entry, "addrs", ())))
+            candidates[peer_id] = _Candidate(contact, distance, depth, sources)
+            bisect.insort(order, (distance, peer_id))
+        if len(order) > self.shortlist_size:
+            self._trim()
+
+    def _trim(self) -> None:
+        """Bound the shortlist: keep the ``shortlist_size`` closest candidates not yet
+        answered, plus up to as many farther ones that are corroborated (seeds, or
+        named by two or more responders), plus every one that answered (bounded by
+        the queries sent; the result is made of them). Invented ids from one liar
+        thus cannot push well-known real peers out. An in-flight query whose peer
+        is dropped can still be answered."""
+        order = self._order
+        kept: list[tuple[int, bytes]] = []
+        near = corroborated = 0
+        for item in order:
+            candidate = self._candidates[item[1]]
+            if candidate.state is _State.ANSWERED:
+                kept.append(item)
+            elif near < self.shortlist_size:
+                near += 1
+                kept.append(item)
+            elif corroborated < self.shortlist_size and len(candidate.sources) != 1:
+                corroborated += 1
+                kept.append(item)
+            else:
+                del self._candidates[item[1]]
+        order[:] = kept
 
     def _fail(self, candidate: _Candidate) -> None:
         self.failures += 1
         if candidate.attempts <= self.retries:
             candidate.state = _State.FRESH
             return
+        self._drop(candidate)
+        for source in candidate.sources:
+            bad = self._bad_introductions.get(source, 0) + 1
+            self._bad_introductions[source] = bad
+            if bad >= self.distrust_after and source not in self._distrusted:
+                self._distrust(source)
+
+    def _distrust(self, source: bytes) -> None:
+        """``source`` named ``distrust_after`` peers that failed: forget the peers only
+        it named and not yet asked, and ignore what it says from now on."""
+        self._distrusted.add(source)
+        for peer_id in [p for _, p in self._order]:
+            candidate = self._candidates[peer_id]
+            if (
+                candidate.state is _State.FRESH
+                and candidate.sources
+                and all(s in self._distrusted for s in candidate.sources)
+            ):
+                self._drop(candidate)
+
+    def _drop(self, candidate: _Candidate) -> None:
         peer_id = candidate.contact.peer_id
-        if self._candidates.pop(peer_id, None) is not None:
+        if self._candidates.get(peer_id) is candidate:
+            del self._candidates[peer_id]
             index = bisect.bisect_left(self._order, (candidate.distance, peer_id))
             del self._order[index]
 
     def _expire(self, now: float) -> None:
+        # Compare moments, not durations, so that next_timeout() is exact.
         for peer_id, candidate in list(self._in_flight.items()):
-            waited = now - candidate.sent_at
-            if waited >= self.give_up_after:
+            if now >= candidate.sent_at + self.give_up_after:
                 del self._in_flight[peer_id]
                 self._fail(candidate)
-            elif waited >= self.query_timeout and candidate.state is _State.WAITING:
+            elif (
+                candidate.state is _State.WAITING and now >= candidate.sent_at + self.query_timeout
+            ):
                 candidate.state = _State.SLOW
 
     def _update_done(self, now: float) -> None:
@@ -307,7 +399,15 @@ class Lookup:
         self._in_flight.clear()
 
 
+def _first(item: tuple[int, bytes, PeerLike]) -> int:
+    return item[0]
+
+
 def _clean_addrs(addrs: object) -> tuple[str, ...]:
-    if isinstance(addrs, str) or not isinstance(addrs, Sequence):
-        return ()
-    return tuple(a for a in addrs[:MAX_ADDRS] if isinstance(a, str))
+    """At most ``MAX_ADDRS`` strings of ``addrs``; anything else is dropped."""
+    if type(addrs) is tuple or type(addrs) is list:
+        items = addrs[:MAX_ADDRS]
+        if all(type(a) is str for a in items):
+            return tuple(items)
+        return tuple(a for a in items if isinstance(a, str))
+    return ()

@@ -26,8 +26,8 @@ Rules:
 
 from __future__ import annotations
 
+import bisect
 import functools
-import heapq
 import ipaddress
 import math
 from collections.abc import Collection, Iterable, Sequence
@@ -238,43 +238,45 @@ class RoutingTable:
     ) -> list[PeerEntry]:
         """The ``count`` peers closest to ``target``, closest first (``exclude`` left out).
 
-        Walks the buckets in distance order instead of sorting the whole table: with
-        ``b`` the bucket of ``target``, every peer of bucket ``b`` is closer to it
-        than every peer of the buckets below ``b``, which are closer than bucket
-        ``b + 1``, then ``b + 2``, and so on.
+        Each bucket is a contiguous run of the whole table sorted by distance to
+        ``target``, so the buckets are visited in that order (``_buckets_by_distance``)
+        and only the buckets needed are sorted.
         """
         if count <= 0:
             return []
         t = int.from_bytes(target, "big")
-        top = (self._own_int ^ t).bit_length() - 1  # -1 when target is the own id
         found: list[PeerEntry] = []
-
-        def take(entries: list[PeerEntry]) -> bool:
+        for index in self._buckets_by_distance(self._own_int ^ t):
+            entries = list(self._buckets[index].peers.values())
             if exclude:
                 entries = [e for e in entries if e.peer_id not in exclude]
-            need = count - len(found)
-            if len(entries) > need:
-                entries = heapq.nsmallest(
-                    need, entries, key=lambda e: int.from_bytes(e.peer_id, "big") ^ t
-                )
-            else:
-                entries.sort(key=lambda e: int.from_bytes(e.peer_id, "big") ^ t)
-            found.extend(entries)
-            return len(found) >= count
-
-        buckets = self._buckets
-        if top >= 0:
-            own = buckets.get(top)
-            if own is not None and own.peers and take(list(own.peers.values())):
-                return found
-            lower = [e for i, b in buckets.items() if i < top for e in b.peers.values()]
-            if lower and take(lower):
-                return found
-        for i in sorted(i for i in buckets if i > top):
-            peers = buckets[i].peers
-            if peers and take(list(peers.values())):
-                return found
+            entries.sort(key=lambda e: int.from_bytes(e.peer_id, "big") ^ t)
+            found.extend(entries[: count - len(found)])
+            if len(found) >= count:
+                break
         return found
+
+    def _buckets_by_distance(self, offset: int) -> list[int]:
+        """Non-empty bucket indices ordered by the distance of their peers to the
+        target at XOR ``offset`` from the own id.
+
+        A peer of bucket ``j`` is at ``offset ^ x`` from the target, with ``x`` in
+        ``[2**j, 2**(j+1))``. With ``b`` the top bit of ``offset``: bucket ``b``
+        comes first (distances below ``2**b``); then the buckets ``j < b``, where
+        those with bit ``j`` of ``offset`` set come from the highest ``j`` down
+        and the others after them from the lowest ``j`` up; then the buckets above
+        ``b`` in increasing order (distances at least ``2**j``).
+        """
+        top = offset.bit_length() - 1  # -1 when the target is the own id
+        indices = sorted(i for i, b in self._buckets.items() if b.peers)
+        split = bisect.bisect_left(indices, top)
+        has_top = split < len(indices) and indices[split] == top
+        below = indices[:split]
+        ordered = [top] if has_top else []
+        ordered.extend(j for j in reversed(below) if offset >> j & 1)
+        ordered.extend(j for j in below if not offset >> j & 1)
+        ordered.extend(indices[split + 1 :] if has_top else indices[split:])
+        return ordered
 
     # --- liveness ------------------------------------------------------------------
 
