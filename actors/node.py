@@ -7,6 +7,7 @@ running node.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -17,18 +18,30 @@ from typing import Any, Literal
 
 import pykka
 
+from actors._quic.endpoint import TransportConfig
 from actors.base import MailboxFigures, NodeActor
+from actors.bucket_manager import BucketManager
 from actors.chunk_keeper import ChunkKeeper
 from actors.close_group_tracker import CloseGroupTracker
-from actors.messages import StatusQuery, Tick
+from actors.handshake import Handshake
+from actors.messages import InboundRequest, RoutingChanged, StatusQuery, Tick
 from actors.nat_traverser import NatTraverser
+from actors.transport import Transport, TransportHandle
 from cli.control import ControlServer
 from persistence.chunk_files import ChunkFiles
 from persistence.database import Database, open_database
 from persistence.root_dir import RootDirLock, prepare_root_dir
 from protocol.identity import Identity, load_or_create
+from protocol.wire import Error, ErrorCode, FindNode, GetChunk, Message, PutChunk
 
 log = logging.getLogger(__name__)
+
+_SERVED_BY: dict[type[Message], str] = {
+    FindNode: "BucketManager",
+    PutChunk: "ChunkKeeper",
+    GetChunk: "ChunkKeeper",
+}
+"""Which actor answers each kind of remote request (Ping is answered by the Transport)."""
 
 QuicStack = Literal["qh3", "aioquic"]
 DEFAULT_MAX_STORAGE = 10 * 1024**3
@@ -47,6 +60,10 @@ class NodeConfig:
     max_storage: int = DEFAULT_MAX_STORAGE
     quic: QuicStack = "qh3"
     tick_interval: float = 1.0
+    refresh_interval: float = 300.0
+    """Seconds after which a bucket no lookup touched is refreshed."""
+    liveness_interval: float = 15.0
+    """Seconds between liveness pings of the closest peers."""
     control_socket: bool = True
     identity: Identity | None = field(default=None, repr=False)
     """Use this identity instead of the root dir's key file (tests)."""
@@ -60,6 +77,7 @@ class Node:
         self.root_dir = config.root_dir
         self.identity: Identity | None = None
         self.database: Database | None = None
+        self.transport: TransportHandle | None = None
         self.refs: dict[str, pykka.ActorRef[Any]] = {}
         self.meters: dict[str, Any] = {}
         self._lock: RootDirLock | None = None
@@ -100,9 +118,35 @@ class Node:
         for stray in files.remove_stale_temp_files():
             log.info("removed an unfinished chunk write: %s", stray.name)
 
-        self._spawn(CloseGroupTracker, own_id)
+        close_groups = self._spawn(CloseGroupTracker, own_id)
         self._spawn(NatTraverser)
-        self._spawn(ChunkKeeper, own_id, database, files, self.config.max_storage)
+        keeper = self._spawn(ChunkKeeper, own_id, database, files, self.config.max_storage)
+        handshake = self._spawn(Handshake, self.identity)
+        transport = self._spawn(
+            Transport,
+            self.identity,
+            handshake,
+            TransportConfig(host=self.config.host, port=self.config.port, quic=self.config.quic),
+            dispatch=self._dispatch,
+            on_peer_connected=self._tell("BucketManager"),
+        )
+        self.transport = Transport.handle_of(transport)
+
+        def routing_changed(event: RoutingChanged) -> None:
+            close_groups.tell(event)
+            keeper.tell(event)
+
+        self._spawn(
+            BucketManager,
+            own_id,
+            self.transport,
+            database,
+            routing_changed,
+            local=self.config.local,
+            bootstrap=self.config.peers,
+            refresh_interval=self.config.refresh_interval,
+            liveness_interval=self.config.liveness_interval,
+        )
 
         self._ticker = threading.Thread(target=self._tick_loop, name="node-ticker", daemon=True)
         self._ticker.start()
@@ -110,6 +154,31 @@ class Node:
             control = ControlServer(self.root_dir, {"status": lambda _request: self.status()})
             control.start()
             self._cleanup.append(control.stop)
+
+    def _tell(self, name: str) -> Callable[[Any], None]:
+        """A callable that tells the named actor, looked up at call time (it may start later)."""
+
+        def tell(message: Any) -> None:
+            ref = self.refs.get(name)
+            if ref is not None:
+                with contextlib.suppress(pykka.ActorDeadError):
+                    ref.tell(message)
+
+        return tell
+
+    def _dispatch(self, request: InboundRequest) -> None:
+        """Route a remote peer's request to the actor that serves it (runs on the loop thread)."""
+        name = _SERVED_BY.get(type(request.message))
+        ref = self.refs.get(name) if name else None
+        if ref is None:
+            request.reply(
+                Error(ErrorCode.UNSUPPORTED, f"{type(request.message).__name__} is not served here")
+            )
+            return
+        try:
+            ref.tell(request)
+        except pykka.ActorDeadError:
+            request.reply(Error(ErrorCode.BUSY, "the node is stopping"))
 
     def _spawn(
         self, actor_class: type[NodeActor], *args: Any, **kwargs: Any

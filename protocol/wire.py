@@ -20,6 +20,7 @@ from typing import Annotated, Final
 
 import msgspec
 
+from protocol.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES
 from protocol.xor import ADDRESS_BYTES
 
 WIRE_VERSION: Final = 1
@@ -38,6 +39,17 @@ Address = Annotated[bytes, msgspec.Meta(min_length=ADDRESS_BYTES, max_length=ADD
 ChunkContent = Annotated[bytes, msgspec.Meta(max_length=MAX_CHUNK_BYTES)]
 Multiaddr = Annotated[str, msgspec.Meta(max_length=MAX_ADDR_CHARS)]
 Nonce = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+HANDSHAKE_NONCE_BYTES: Final = 32
+HandshakeNonce = Annotated[
+    bytes, msgspec.Meta(min_length=HANDSHAKE_NONCE_BYTES, max_length=HANDSHAKE_NONCE_BYTES)
+]
+CertHash = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+INSTANCE_ID_BYTES: Final = 16
+InstanceId = Annotated[
+    bytes, msgspec.Meta(min_length=INSTANCE_ID_BYTES, max_length=INSTANCE_ID_BYTES)
+]
+PublicKey = Annotated[bytes, msgspec.Meta(min_length=PUBLIC_KEY_BYTES, max_length=PUBLIC_KEY_BYTES)]
+Signature = Annotated[bytes, msgspec.Meta(min_length=SIGNATURE_BYTES, max_length=SIGNATURE_BYTES)]
 
 
 class WireError(ValueError):
@@ -115,8 +127,40 @@ class Error(_Message, tag="error", frozen=True):
     message: Annotated[str, msgspec.Meta(max_length=MAX_ERROR_CHARS)] = ""
 
 
-Message = Ping | Pong | FindNode | Nodes | PutChunk | PutAck | GetChunk | Chunk | NotFound | Error
-"""Every message that can travel in a frame."""
+class Hello(_Message, tag="hello", frozen=True):
+    """First identity-handshake frame: who the sender claims to be, and its fresh nonce."""
+
+    peer_id: Address
+    public_key: PublicKey
+    nonce: HandshakeNonce
+    cert_hash: CertHash
+    """SHA-256 of the server's TLS certificate (DER) as the sender saw it on this connection."""
+    instance: InstanceId
+    """Random per run of the sender's process: a new value means the peer restarted."""
+    listen_addrs: Annotated[list[Multiaddr], msgspec.Meta(max_length=MAX_ADDRS_PER_PEER)] = []
+
+
+class Proof(_Message, tag="proof", frozen=True):
+    """Second identity-handshake frame: the sender's ML-DSA-65 signature of the transcript."""
+
+    signature: Signature
+
+
+Message = (
+    Ping
+    | Pong
+    | FindNode
+    | Nodes
+    | PutChunk
+    | PutAck
+    | GetChunk
+    | Chunk
+    | NotFound
+    | Error
+    | Hello
+    | Proof
+)
+"""Every message that can travel in a frame (``Hello``/``Proof`` only on handshake streams)."""
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)

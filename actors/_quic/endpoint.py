@@ -1,0 +1,1659 @@
+"""QuicEndpoint: one UDP socket carrying every QUIC connection of a node.
+
+The endpoint runs an asyncio loop in a thread it owns. All QUIC state lives on that
+thread; other threads reach it only through ``loop.call_soon_threadsafe`` (the
+public methods below do that), and the loop reaches actors only by ``tell`` and by
+completing pykka futures. The loop never waits for anything but its socket and its
+timers.
+
+Connections the node dials and connections it accepts share the one socket (hole
+punching needs outbound packets to leave from the listening port): datagrams are
+demultiplexed by destination connection ID.
+
+On every new connection, once TLS is done, the Handshake actor runs the identity
+handshake over the first unidirectional stream of each side. Until it accepts the
+peer, request streams from it are held. After, each bidirectional stream carries one
+request frame and one reply frame. The endpoint answers ``Ping`` itself; every other
+request goes to ``dispatch``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import errno
+import hashlib
+import itertools
+import logging
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, TypeVar
+
+import msgspec
+import pykka
+
+from actors._quic.backend import (
+    CONNECTION_ID_BYTES,
+    POST_QUANTUM_GROUPS,
+    Address,
+    ConnectionIdIssued,
+    ConnectionIdRetired,
+    HandshakeDone,
+    PingAcknowledged,
+    QuicBackend,
+    QuicConnectionAdapter,
+    QuicSettings,
+    QuicStack,
+    StopSending,
+    StreamData,
+    StreamReset,
+    Terminated,
+    TlsCertificate,
+    group_name,
+    make_backend,
+)
+from actors.futures import NotifyingFuture
+from actors.handshake import (
+    BeginHandshake,
+    HandshakeClosed,
+    HandshakeFrame,
+    HandshakeTimer,
+)
+from actors.messages import Direction, InboundRequest, PeerConnected, PeerDisconnected
+from protocol.errors import (
+    AppErrorCode,
+    ConnectionLost,
+    PeerRejected,
+    PeerUnreachable,
+    RemoteError,
+    RequestTimeout,
+    TransportClosed,
+    TransportError,
+    error_code_of_reset,
+)
+from protocol.handshake import Accepted, Rejected, Role, hello_message
+from protocol.identity import Identity
+from protocol.multiaddr import Multiaddr, MultiaddrError, format_multiaddr, parse_multiaddr
+from protocol.wire import (
+    HANDSHAKE_NONCE_BYTES,
+    INSTANCE_ID_BYTES,
+    Error,
+    ErrorCode,
+    FrameDecoder,
+    Hello,
+    Message,
+    Ping,
+    Pong,
+    Proof,
+    WireError,
+    encode_frame,
+)
+
+log = logging.getLogger("actors.transport")
+
+_T = TypeVar("_T")
+
+IP_RECVERR: Final = 11  # linux/in.h; not exported by Python's socket module
+SO_EE_ORIGIN_ICMP: Final = 2
+_EXTENDED_ERROR = struct.Struct("=IBBBBII")
+RECV_BATCH: Final = 256
+FLUSH_EVERY = 8
+"""Datagrams read between two flushes (which send ACKs) in one readable burst."""
+DRAINING_BACKSTOP: Final = 10.0
+RECENTLY_CLOSED_STREAMS: Final = 1024
+HANDSHAKE_BACKSTOP: Final = 1.0
+ICMP_MIN_SILENCE: Final = 0.25
+"""An ICMP port unreachable closes a connection only if its peer has been silent this
+long (seconds)."""
+CLOSE_LINGER: Final = 2.0
+"""A connection this node closed keeps answering its peer's packets (with the
+stack's CONNECTION_CLOSE) this long, in case the first close was lost."""
+
+ConnState = Literal["quic", "identity", "ready", "closed"]
+EventSink = Callable[[PeerConnected | PeerDisconnected], None]
+Dispatch = Callable[[InboundRequest], None]
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    """How the Transport listens and how patient it is."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    quic: QuicStack = "qh3"
+    advertise_hosts: tuple[str, ...] = ()
+    """Hosts to put in listen_addrs (default: the bound host, or this machine's
+    addresses when bound to 0.0.0.0)."""
+    idle_timeout: float = 60.0
+    keepalive_interval: float = 15.0
+    """QUIC PING period for connections used within the last ``idle_timeout``."""
+    handshake_timeout: float = 10.0
+    """TLS plus identity handshake must finish within this (dial timeout too)."""
+    request_timeout: float = 30.0
+    """Default deadline of a request: queueing, dialling, sending and the reply."""
+    max_in_flight_per_peer: int = 32
+    max_inbound_per_peer: int = 64
+    stream_read_timeout: float = 30.0
+    """An inbound request frame must be complete within this."""
+    probe_interval: float = 1.0
+    """With requests outstanding, PING a peer silent for this long."""
+    peer_silence_timeout: float = 5.0
+    """With requests outstanding, a peer silent this long despite PINGs is dead."""
+    max_connections: int = 4096
+    max_datagram_size: int = 1350
+    socket_buffer_bytes: int = 4 * 1024 * 1024
+    close_on_port_unreachable: bool = True
+    """Close connections whose address answers ICMP port unreachable (a dead peer)."""
+
+
+class ConnectionInfo(msgspec.Struct, frozen=True):
+    """One authenticated connection, as ``status --json`` shows it."""
+
+    peer_id: str
+    direction: Direction
+    remote_addr: str
+    pq: bool
+    """True when the key exchange was the hybrid post-quantum X25519MLKEM768."""
+    group: str
+    rtt_ms: float | None
+    quic: str
+    state: str
+    """``ready``, or ``draining`` for the loser of a simultaneous dial."""
+    age_s: float
+    requests_in_flight: int
+    requests_sent: int
+    requests_served: int
+
+
+class TransportStats(msgspec.Struct):
+    """Counters since start."""
+
+    datagrams_received: int = 0
+    datagrams_sent: int = 0
+    datagrams_dropped: int = 0
+    connections_opened: int = 0
+    connections_accepted: int = 0
+    connections_closed: int = 0
+    duplicate_connections: int = 0
+    handshakes_rejected_locally: int = 0
+    handshakes_rejected_by_peer: int = 0
+    setup_timeouts: int = 0
+    requests_sent: int = 0
+    requests_served: int = 0
+    request_timeouts: int = 0
+    malformed_frames: int = 0
+    stalled_streams: int = 0
+    busy_rejections: int = 0
+    unexpected_streams: int = 0
+    port_unreachable: int = 0
+
+
+# -- per-connection and per-request state (loop thread only) --------------------------
+
+
+@dataclass(eq=False)
+class _Outbound:
+    peer_id: bytes
+    frame: bytes = field(repr=False)
+    future: pykka.ThreadingFuture[Message] = field(repr=False)
+    deadline: float
+    timer: asyncio.TimerHandle | None = None
+    conn: _Conn | None = None
+    stream_id: int = -1
+    decoder: FrameDecoder = field(default_factory=FrameDecoder, repr=False)
+    dial_attempts: int = 0
+    retries: int = 0
+    done: bool = False
+
+
+@dataclass(eq=False)
+class _Inbound:
+    stream_id: int
+    decoder: FrameDecoder = field(default_factory=FrameDecoder, repr=False)
+    request: Message | None = None
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass(eq=False)
+class _Conn:
+    id: int
+    quic: QuicConnectionAdapter
+    role: Role
+    addr: Address
+    created_at: float
+    state: ConnState = "quic"
+    draining: bool = False
+    peer_id: bytes | None = None
+    listen_addrs: tuple[str, ...] = ()
+    expected_peer_id: bytes | None = None
+    dial_addr: Address | None = None
+    dial_futures: list[pykka.ThreadingFuture[bytes]] = field(default_factory=list)
+    group: int | None = None
+    instance: bytes = b""
+    """The peer's per-process instance id, from its Hello."""
+    transcript: bytes = b""
+    cids: set[bytes] = field(default_factory=set)
+    timer: asyncio.TimerHandle | None = None
+    timer_at: float | None = None
+    setup_timer: asyncio.TimerHandle | None = None
+    keepalive_timer: asyncio.TimerHandle | None = None
+    probe_timer: asyncio.TimerHandle | None = None
+    last_received: float = 0.0
+    drain_timer: asyncio.TimerHandle | None = None
+    hs_send_stream: int | None = None
+    hs_recv_stream: int | None = None
+    hs_decoder: FrameDecoder = field(default_factory=FrameDecoder)
+    hs_pending: list[Message] | None = field(default_factory=list)
+    """Handshake frames received before the Handshake actor was told to begin."""
+    outbound: dict[int, _Outbound] = field(default_factory=dict)
+    inbound: dict[int, _Inbound] = field(default_factory=dict)
+    held: list[_Inbound] = field(default_factory=list)
+    recently_closed: collections.deque[int] = field(
+        default_factory=lambda: collections.deque(maxlen=RECENTLY_CLOSED_STREAMS)
+    )
+    ready_at: float = 0.0
+    last_used: float = 0.0
+    requests_sent: int = 0
+    requests_served: int = 0
+    ping_uids: dict[int, float] = field(default_factory=dict)
+    rtt_sample: float | None = None
+
+    @property
+    def direction(self) -> Direction:
+        return "outbound" if self.role is Role.CLIENT else "inbound"
+
+    def locally_initiated(self, stream_id: int) -> bool:
+        return (stream_id & 1) == (0 if self.role is Role.CLIENT else 1)
+
+
+@dataclass(eq=False)
+class _Peer:
+    peer_id: bytes
+    conn: _Conn | None = None
+    queue: collections.deque[_Outbound] = field(default_factory=collections.deque)
+    in_flight: int = 0
+    addrs: list[Address] = field(default_factory=list)
+    dialing: bool = False
+
+
+class _Reply:
+    """The ``reply`` of an ``InboundRequest``: thread-safe, first call wins."""
+
+    __slots__ = ("_conn_id", "_endpoint", "_lock", "_stream_id", "_used")
+
+    def __init__(self, endpoint: QuicEndpoint, conn_id: int, stream_id: int) -> None:
+        self._endpoint = endpoint
+        self._conn_id = conn_id
+        self._stream_id = stream_id
+        self._lock = threading.Lock()
+        self._used = False
+
+    def __call__(self, message: Message) -> None:
+        with self._lock:
+            if self._used:
+                log.debug("second reply to one request ignored: %s", type(message).__name__)
+                return
+            self._used = True
+        try:
+            frame = encode_frame(message)
+        except WireError as exc:
+            frame = encode_frame(Error(ErrorCode.INTERNAL, f"reply cannot be encoded: {exc}"))
+        self._endpoint._post(self._endpoint._send_reply, self._conn_id, self._stream_id, frame)
+
+
+class QuicEndpoint:
+    """The node's QUIC endpoint. Public methods are thread-safe; the rest runs on the loop."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        handshake: pykka.ActorRef[Any],
+        config: TransportConfig,
+        *,
+        dispatch: Dispatch,
+        on_event: EventSink,
+    ) -> None:
+        self.identity = identity
+        self.config = config
+        self._handshake = handshake
+        self._dispatch = dispatch
+        self._on_event = on_event
+        self.certificate = TlsCertificate.generate()
+        self._backend: QuicBackend = make_backend(
+            config.quic,
+            self.certificate,
+            QuicSettings(
+                idle_timeout=config.idle_timeout, max_datagram_size=config.max_datagram_size
+            ),
+        )
+        self.stack: QuicStack = config.quic
+        self.instance = os.urandom(INSTANCE_ID_BYTES)
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._local: Address = (config.host, config.port)
+        self._listen_addrs: tuple[str, ...] = ()
+        # loop-thread state
+        self._conns: dict[int, _Conn] = {}
+        self._cids: dict[bytes, _Conn] = {}
+        self._peers: dict[bytes, _Peer] = {}
+        self._ids = itertools.count(1)
+        self._ping_uids = itertools.count(1)
+        self._dirty: dict[_Conn, None] = {}
+        self._flush_scheduled = False
+        self._send_backlog: collections.deque[tuple[bytes, Address]] = collections.deque()
+        self._lingering: dict[bytes, tuple[QuicConnectionAdapter, float]] = {}
+        self.stats = TransportStats()
+
+    # -- lifecycle (any thread) --------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind the socket (errors raise here, in the caller's thread) and start the loop."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                sock.setsockopt(socket.SOL_SOCKET, option, self.config.socket_buffer_bytes)
+            sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+            sock.bind((self.config.host, self.config.port))
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        host, port = sock.getsockname()[:2]
+        self._local = (host, port)
+        self._listen_addrs = tuple(
+            format_multiaddr(h, port, self.identity.peer_id) for h in self._advertised_hosts(host)
+        )
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        ready = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run_loop, args=(loop, ready), name=f"transport-{port}", daemon=True
+        )
+        self._thread.start()
+        ready.wait()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Close every connection (telling peers), fail what is pending, stop the loop."""
+        if self._closed or self._loop is None or self._thread is None:
+            return
+        self._closed = True
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("close() must not be called from the transport's loop")
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
+            self._loop.call_soon_threadsafe(self._shutdown)
+        self._thread.join(timeout)
+
+    def _run_loop(self, loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
+        asyncio.set_event_loop(loop)
+        assert self._sock is not None
+        loop.add_reader(self._sock.fileno(), self._on_readable)
+        loop.call_soon(ready.set)
+        try:
+            loop.run_forever()
+        finally:
+            try:
+                loop.remove_reader(self._sock.fileno())
+                loop.remove_writer(self._sock.fileno())
+            except (ValueError, OSError):
+                pass
+            self._sock.close()
+            loop.close()
+
+    def _advertised_hosts(self, bound: str) -> list[str]:
+        if self.config.advertise_hosts:
+            return list(self.config.advertise_hosts)
+        if bound != "0.0.0.0":
+            return [bound]
+        hosts = ["127.0.0.1"]
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks a route
+            primary = probe.getsockname()[0]
+            if primary not in hosts:
+                hosts.append(primary)
+        except OSError:
+            pass
+        finally:
+            probe.close()
+        return hosts
+
+    # -- public API (any thread) -------------------------------------------------------
+
+    @property
+    def local_address(self) -> Address:
+        return self._local
+
+    def listen_addrs(self) -> list[str]:
+        return list(self._listen_addrs)
+
+    def request(
+        self,
+        peer_id: bytes,
+        message: Message,
+        timeout: float | None = None,
+        addrs: Sequence[str] = (),
+    ) -> pykka.Future[Message]:
+        """Send ``message`` to ``peer_id``; the future gets the reply or a TransportError.
+
+        ``addrs`` are multiaddrs to dial if no connection to the peer is open.
+        """
+        future: pykka.ThreadingFuture[Message] = NotifyingFuture()
+        try:
+            frame = encode_frame(message)
+        except WireError as exc:
+            _fail(future, exc)
+            return future
+        if peer_id == self.identity.peer_id:
+            _fail(future, PeerUnreachable("a node does not send requests to itself"))
+            return future
+        deadline = time.monotonic() + (self.config.request_timeout if timeout is None else timeout)
+        outbound = _Outbound(peer_id, frame, future, deadline)
+        hints = _parse_addrs(addrs, peer_id)
+        if not self._post(self._submit, outbound, hints):
+            _fail(future, TransportClosed("the transport is closed"))
+        return future
+
+    def dial(
+        self,
+        addr: str | Multiaddr | Address,
+        expected_peer_id: bytes | None = None,
+        timeout: float | None = None,
+    ) -> pykka.Future[bytes]:
+        """Connect and run the identity handshake; the future gets the peer's PeerId.
+
+        A multiaddr with ``/p2p/<id>`` sets the expected PeerId (unless given).
+        """
+        future: pykka.ThreadingFuture[bytes] = NotifyingFuture()
+        try:
+            target, expected = _dial_target(addr, expected_peer_id)
+        except (MultiaddrError, ValueError) as exc:
+            _fail(future, PeerUnreachable(f"cannot dial {addr!r}: {exc}"))
+            return future
+        wait = self.config.handshake_timeout if timeout is None else timeout
+        if not self._post(self._dial, target, expected, future, wait):
+            _fail(future, TransportClosed("the transport is closed"))
+        return future
+
+    def connections(self) -> list[ConnectionInfo]:
+        """Every authenticated connection (for ``status``)."""
+        return self._call(self._connection_infos, [])
+
+    def counters(self) -> TransportStats:
+        return self._call(lambda: msgspec.structs.replace(self.stats), TransportStats())
+
+    def connected_peers(self) -> list[bytes]:
+        return self._call(
+            lambda: [p.peer_id for p in self._peers.values() if p.conn is not None], []
+        )
+
+    def disconnect(self, peer_id: bytes) -> None:
+        """Close the connection to ``peer_id`` (if any)."""
+        self._post(self._disconnect, peer_id)
+
+    # -- HandshakeSink (called from the Handshake actor's thread) ---------------------
+
+    def handshake_send(self, conn_id: int, frame: bytes) -> None:
+        self._post(self._handshake_send, conn_id, frame)
+
+    def handshake_finished(self, conn_id: int, outcome: Accepted | Rejected) -> None:
+        self._post(self._handshake_finished, conn_id, outcome)
+
+    # -- thread bridges ----------------------------------------------------------------
+
+    def _post(self, callback: Callable[..., object], *args: Any) -> bool:
+        """Run ``callback(*args)`` on the loop; False if the loop is gone."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return False
+        try:
+            loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:
+            return False
+        return True
+
+    def _call(self, function: Callable[[], _T], default: _T, timeout: float = 2.0) -> _T:
+        """Run ``function`` on the loop and wait for its result (never from the loop)."""
+        if self._thread is threading.current_thread():
+            return function()
+        result: concurrent.futures.Future[_T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                result.set_result(function())
+            except Exception as exc:
+                result.set_exception(exc)
+
+        if not self._post(run):
+            return default
+        try:
+            return result.result(timeout)
+        except concurrent.futures.TimeoutError:
+            return default
+
+    # -- socket I/O ------------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        """Read what the socket holds; consecutive datagrams of one connection go to
+        the stack as one batch (qh3 then crosses into its native core once)."""
+        sock = self._sock
+        assert sock is not None and self._loop is not None
+        now = self._loop.time()
+        batch: list[bytes] = []
+        batch_conn: _Conn | None = None
+        batch_addr: Address = ("", 0)
+        for count in range(1, RECV_BATCH + 1):
+            try:
+                data, addr = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._drain_error_queue()
+                continue
+            self.stats.datagrams_received += 1
+            conn = self._route(data, addr, now)
+            if conn is not None:
+                if conn is not batch_conn or addr != batch_addr:
+                    if batch_conn is not None:
+                        self._deliver(batch_conn, batch_addr, batch, now)
+                    batch, batch_conn, batch_addr = [], conn, addr
+                batch.append(data)
+            if count % FLUSH_EVERY == 0:  # acknowledge as we go: the sender is ACK-clocked
+                if batch_conn is not None:
+                    self._deliver(batch_conn, batch_addr, batch, now)
+                    batch, batch_conn = [], None
+                self._flush()
+                now = self._loop.time()
+        if batch_conn is not None:
+            self._deliver(batch_conn, batch_addr, batch, now)
+        if self._dirty:
+            self._flush()
+
+    def _route(self, data: bytes, addr: Address, now: float) -> _Conn | None:
+        """The connection a datagram belongs to (new if it opens one); None if consumed
+        or dropped here."""
+        cid = _destination_cid(data)
+        if cid is None:
+            self.stats.datagrams_dropped += 1
+            return None
+        conn = self._cids.get(cid)
+        if conn is not None:
+            return conn
+        if cid in self._lingering:
+            self._linger_receive(cid, data, addr, now)
+            return None
+        conn = self._accept(data, cid, addr, now)
+        if conn is None:
+            self.stats.datagrams_dropped += 1
+        return conn
+
+    def _deliver(self, conn: _Conn, addr: Address, datagrams: list[bytes], now: float) -> None:
+        if conn.state == "closed":
+            return
+        try:
+            conn.quic.receive_datagrams(datagrams, addr, now)
+        except Exception:
+            log.exception("QUIC stack failed on datagrams from %s:%d", *addr)
+            self._abort(conn, "QUIC stack error", ConnectionLost("QUIC stack error"))
+            return
+        if conn.state == "ready" and addr != conn.addr:
+            log.info("peer %s moved from %s:%d to %s:%d", _short(conn.peer_id), *conn.addr, *addr)
+        conn.addr = addr
+        conn.last_received = now
+        self._dirty[conn] = None
+
+    def _linger_receive(self, cid: bytes, data: bytes, addr: Address, now: float) -> None:
+        quic, until = self._lingering[cid]
+        if now > until:
+            del self._lingering[cid]
+            return
+        try:
+            quic.receive_datagram(data, addr, now)
+            for datagram, target in quic.datagrams_to_send(now):
+                self._sendto(datagram, target)
+        except Exception:
+            log.debug("closed connection failed on a late datagram", exc_info=True)
+
+    def _accept(self, data: bytes, cid: bytes, addr: Address, now: float) -> _Conn | None:
+        """A new inbound connection for a client Initial; None to drop the datagram."""
+        is_initial = len(data) >= 1200 and data[0] & 0xF0 == 0xC0  # long header, Initial
+        if not is_initial or self._closed or len(self._conns) >= self.config.max_connections:
+            return None
+        quic = self._backend.server(original_dcid=cid)
+        conn = self._new_conn(quic, Role.SERVER, addr, now)
+        self._map_cid(conn, cid)
+        return conn
+
+    def _new_conn(
+        self, quic: QuicConnectionAdapter, role: Role, addr: Address, now: float
+    ) -> _Conn:
+        assert self._loop is not None
+        conn = _Conn(next(self._ids), quic, role, addr, created_at=now)
+        self._conns[conn.id] = conn
+        self._map_cid(conn, quic.host_cid)
+        conn.setup_timer = self._loop.call_at(
+            now + self.config.handshake_timeout, self._setup_expired, conn
+        )
+        if role is Role.CLIENT:
+            self.stats.connections_opened += 1
+        else:
+            self.stats.connections_accepted += 1
+        return conn
+
+    def _map_cid(self, conn: _Conn, cid: bytes) -> None:
+        self._cids[cid] = conn
+        conn.cids.add(cid)
+
+    def _sendto(self, data: bytes, addr: Address) -> None:
+        sock = self._sock
+        assert sock is not None and self._loop is not None
+        if self._send_backlog:
+            self._send_backlog.append((data, addr))
+            return
+        for _attempt in range(2):
+            try:
+                sock.sendto(data, addr)
+                self.stats.datagrams_sent += 1
+                return
+            except (BlockingIOError, InterruptedError):
+                self._send_backlog.append((data, addr))
+                self._loop.add_writer(sock.fileno(), self._on_writable)
+                return
+            except ConnectionRefusedError:
+                self._drain_error_queue()  # a pending ICMP error; the send itself may work
+            except OSError as exc:
+                log.debug("send to %s:%d failed: %s", addr[0], addr[1], exc)
+                return
+
+    def _on_writable(self) -> None:
+        sock = self._sock
+        assert sock is not None and self._loop is not None
+        while self._send_backlog:
+            data, addr = self._send_backlog[0]
+            try:
+                sock.sendto(data, addr)
+                self.stats.datagrams_sent += 1
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno == errno.ECONNREFUSED:
+                    self._drain_error_queue()
+                    continue
+                log.debug("send to %s:%d failed: %s", addr[0], addr[1], exc)
+            self._send_backlog.popleft()
+        self._loop.remove_writer(sock.fileno())
+
+    def _drain_error_queue(self) -> None:
+        """Read ICMP errors (IP_RECVERR): a closed port on a peer's address means it died."""
+        sock = self._sock
+        assert sock is not None
+        unreachable: set[Address] = set()
+        while True:
+            try:
+                _data, ancillary, _flags, addr = sock.recvmsg(1, 1024, socket.MSG_ERRQUEUE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+            for level, kind, payload in ancillary:
+                if level != socket.IPPROTO_IP or kind != IP_RECVERR:
+                    continue
+                if len(payload) < _EXTENDED_ERROR.size:
+                    continue
+                error_number, origin = _EXTENDED_ERROR.unpack_from(payload)[:2]
+                if origin == SO_EE_ORIGIN_ICMP and error_number == errno.ECONNREFUSED and addr:
+                    unreachable.add((addr[0], addr[1]))
+        for target in unreachable:
+            self._port_unreachable(target)
+
+    def _port_unreachable(self, addr: Address) -> None:
+        self.stats.port_unreachable += 1
+        if not self.config.close_on_port_unreachable:
+            return
+        assert self._loop is not None
+        now = self._loop.time()
+        for conn in [c for c in self._conns.values() if c.addr == addr]:
+            # ICMP is unauthenticated: believe it only of a peer that went quiet (a
+            # live one is still talking; the liveness probe asks again soon)
+            if now - conn.last_received < ICMP_MIN_SILENCE:
+                continue
+            log.info("%s:%d is unreachable (ICMP port unreachable): closing", *addr)
+            if conn.state == "ready":
+                error: TransportError = ConnectionLost(f"{addr[0]}:{addr[1]} port unreachable")
+            else:
+                error = PeerUnreachable(f"{addr[0]}:{addr[1]} port unreachable")
+            self._abort(conn, "port unreachable", error)
+
+    # -- servicing connections ------------------------------------------------------------
+
+    def _touch(self, conn: _Conn) -> None:
+        self._dirty[conn] = None
+        if not self._flush_scheduled and self._loop is not None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Process events and send datagrams of every connection touched since last time."""
+        self._flush_scheduled = False
+        assert self._loop is not None
+        while self._dirty:
+            conn = next(iter(self._dirty))
+            del self._dirty[conn]
+            if conn.state == "closed":
+                continue
+            try:
+                self._process_events(conn)
+                if _is_closed(conn):
+                    continue
+                now = self._loop.time()
+                for data, addr in conn.quic.datagrams_to_send(now):
+                    self._sendto(data, addr)
+                closing = conn.quic.close_event()
+                if closing is not None:
+                    self._on_terminated(conn, *closing)
+                    continue
+                self._arm_timer(conn)
+            except Exception:
+                log.exception("connection %d failed", conn.id)
+                self._abort(conn, "internal error", ConnectionLost("internal transport error"))
+
+    def _arm_timer(self, conn: _Conn) -> None:
+        assert self._loop is not None
+        at = conn.quic.get_timer()
+        if at == conn.timer_at:
+            return
+        if conn.timer is not None:
+            conn.timer.cancel()
+        conn.timer_at = at
+        conn.timer = None if at is None else self._loop.call_at(at, self._on_quic_timer, conn)
+
+    def _on_quic_timer(self, conn: _Conn) -> None:
+        assert self._loop is not None
+        conn.timer = None
+        conn.timer_at = None
+        if conn.state == "closed":
+            return
+        conn.quic.handle_timer(self._loop.time())
+        self._touch(conn)
+
+    def _process_events(self, conn: _Conn) -> None:
+        while conn.state != "closed":
+            event = conn.quic.next_event()
+            if event is None:
+                return
+            match event:
+                case StreamData():
+                    self._on_stream_data(conn, event)
+                case HandshakeDone():
+                    self._on_tls_done(conn)
+                case StreamReset(stream_id=stream_id, error_code=code):
+                    self._on_stream_reset(conn, stream_id, code)
+                case StopSending(stream_id=stream_id, error_code=code):
+                    self._on_stop_sending(conn, stream_id, code)
+                case ConnectionIdIssued(connection_id=cid):
+                    self._map_cid(conn, cid)
+                case ConnectionIdRetired(connection_id=cid):
+                    if self._cids.get(cid) is conn:
+                        del self._cids[cid]
+                    conn.cids.discard(cid)
+                case PingAcknowledged(uid=uid):
+                    sent = conn.ping_uids.pop(uid, None)
+                    if sent is not None and self._loop is not None:
+                        conn.rtt_sample = self._loop.time() - sent
+                case Terminated(error_code=code, reason=reason):
+                    self._on_terminated(conn, code, reason)
+
+    # -- connection lifecycle -------------------------------------------------------------
+
+    def _dial(
+        self,
+        addr: Address,
+        expected: bytes | None,
+        future: pykka.ThreadingFuture[bytes],
+        wait: float,
+    ) -> None:
+        if self._closed:
+            _fail(future, TransportClosed("the transport is closed"))
+            return
+        if expected is not None:
+            if expected == self.identity.peer_id:
+                _fail(future, PeerRejected("self_connection", "that is this node's own PeerId"))
+                return
+            peer = self._peer(expected)
+            _remember_addr(peer, addr)
+            if peer.conn is not None:
+                future.set(expected)
+                return
+        for conn in self._conns.values():
+            if (
+                conn.role is Role.CLIENT
+                and conn.state in ("quic", "identity")
+                and conn.dial_addr == addr
+                and conn.expected_peer_id == expected
+            ):
+                conn.dial_futures.append(future)
+                return
+        self._open(addr, expected, [future], wait)
+
+    def _open(
+        self,
+        addr: Address,
+        expected: bytes | None,
+        futures: list[pykka.ThreadingFuture[bytes]],
+        wait: float | None = None,
+    ) -> _Conn:
+        assert self._loop is not None
+        now = self._loop.time()
+        quic = self._backend.client()
+        quic.connect(addr, now)
+        conn = self._new_conn(quic, Role.CLIENT, addr, now)
+        conn.dial_addr = addr
+        conn.expected_peer_id = expected
+        conn.dial_futures.extend(futures)
+        if wait is not None and wait != self.config.handshake_timeout:
+            assert conn.setup_timer is not None
+            conn.setup_timer.cancel()
+            conn.setup_timer = self._loop.call_at(now + wait, self._setup_expired, conn)
+        if expected is not None:
+            self._peer(expected).dialing = True
+        self._touch(conn)
+        return conn
+
+    def _on_tls_done(self, conn: _Conn) -> None:
+        if conn.role is Role.CLIENT:
+            der = conn.quic.peer_certificate_der()
+            if der is None:
+                self._reject(conn, "protocol_violation", "the server sent no certificate")
+                return
+            cert_hash = hashlib.sha256(der).digest()
+        else:
+            cert_hash = self.certificate.sha256
+        conn.group = conn.quic.key_exchange_group()
+        conn.state = "identity"
+        conn.hs_send_stream = conn.quic.next_stream_id(unidirectional=True)
+        deadline = conn.created_at + self.config.handshake_timeout
+        if conn.setup_timer is not None:
+            deadline = conn.setup_timer.when()
+        # The Hello needs no signature: send it now, in the flight of TLS's last
+        # message, so both sides get each other's nonce (and sign) at the same time.
+        nonce = os.urandom(HANDSHAKE_NONCE_BYTES)
+        hello = hello_message(self.identity, nonce, cert_hash, self.instance, self._listen_addrs)
+        conn.quic.send(conn.hs_send_stream, encode_frame(hello))
+        self._tell_handshake(
+            BeginHandshake(
+                conn_id=conn.id,
+                role=conn.role,
+                cert_hash=cert_hash,
+                deadline=deadline,
+                expected_peer_id=conn.expected_peer_id,
+                listen_addrs=self._listen_addrs,
+                instance=self.instance,
+                nonce=nonce,
+                hello_sent=True,
+                remote=f"{conn.addr[0]}:{conn.addr[1]}",
+                sink=self,
+            )
+        )
+        pending, conn.hs_pending = conn.hs_pending or [], None
+        for message in pending:
+            self._tell_handshake(HandshakeFrame(conn.id, message, self))
+
+    def _handshake_send(self, conn_id: int, frame: bytes) -> None:
+        conn = self._conns.get(conn_id)
+        if conn is None or conn.state == "closed" or conn.hs_send_stream is None:
+            return
+        conn.quic.send(conn.hs_send_stream, frame)
+        self._touch(conn)
+
+    def _handshake_finished(self, conn_id: int, outcome: Accepted | Rejected) -> None:
+        conn = self._conns.get(conn_id)
+        if conn is None or conn.state == "closed":
+            return
+        if isinstance(outcome, Rejected):
+            self.stats.handshakes_rejected_locally += 1
+            self._reject(conn, outcome.reason.value, outcome.detail)
+            return
+        assert self._loop is not None
+        if conn.setup_timer is not None:
+            conn.setup_timer.cancel()
+            conn.setup_timer = None
+        now = self._loop.time()
+        conn.state = "ready"
+        conn.peer_id = outcome.peer_id
+        conn.listen_addrs = outcome.listen_addrs
+        conn.instance = outcome.instance
+        conn.transcript = outcome.transcript
+        conn.ready_at = now
+        conn.last_used = now
+        if conn.hs_send_stream is not None:
+            conn.quic.send(conn.hs_send_stream, b"", end_stream=True)
+        peer = self._peer(outcome.peer_id)
+        for text in outcome.listen_addrs:
+            for addr in _parse_addrs([text], outcome.peer_id):
+                _remember_addr(peer, addr)
+        if conn.dial_addr is not None:
+            _remember_addr(peer, conn.dial_addr, first=True)
+        futures, conn.dial_futures = conn.dial_futures, []
+        for future in futures:
+            future.set(outcome.peer_id)
+        self._install(conn, peer)
+        held, conn.held = conn.held, []
+        for inbound in held:
+            self._handle_request(conn, inbound)
+        self._schedule_keepalive(conn)
+        self._ping(conn)
+        self._touch(conn)
+
+    def _install(self, conn: _Conn, peer: _Peer) -> None:
+        """Make ``conn`` the peer's connection, or keep the current one (one per pair).
+
+        Both sides choose alike, with nothing but what they share: a connection from
+        a new run of the peer's process replaces the old one (which is dead); else
+        the connection dialled by the lower PeerId wins, and between two dialled by
+        the same side, the lower transcript hash.
+        """
+        current = peer.conn
+        peer.dialing = False
+        if current is None or current is conn or current.state != "ready":
+            peer.conn = conn
+            self._emit_connected(conn)
+        elif conn.instance != current.instance:
+            peer.conn = conn
+            log.info("peer %s restarted: replacing its old connection", _short(peer.peer_id))
+            self._close(current, AppErrorCode.DUPLICATE, "the peer restarted", None)
+            self._emit_connected(conn)
+        elif self._rank(conn) < self._rank(current):
+            peer.conn = conn
+            self._retire(current)
+        else:
+            self._retire(conn)
+        self._pump(peer)
+
+    def _emit_connected(self, conn: _Conn) -> None:
+        assert conn.peer_id is not None
+        self._emit(
+            PeerConnected(
+                peer_id=conn.peer_id,
+                listen_addrs=conn.listen_addrs,
+                remote_host=conn.addr[0],
+                remote_port=conn.addr[1],
+                direction=conn.direction,
+            )
+        )
+
+    def _rank(self, conn: _Conn) -> tuple[bytes, bytes]:
+        return (self._dialer(conn), conn.transcript)
+
+    def _dialer(self, conn: _Conn) -> bytes:
+        assert conn.peer_id is not None
+        return self.identity.peer_id if conn.role is Role.CLIENT else conn.peer_id
+
+    def _retire(self, conn: _Conn) -> None:
+        """The losing connection of a pair: no new requests; its dialer closes it once idle."""
+        assert self._loop is not None
+        self.stats.duplicate_connections += 1
+        conn.draining = True
+        conn.drain_timer = self._loop.call_later(DRAINING_BACKSTOP, self._close_drained, conn)
+        self._maybe_close_drained(conn)
+
+    def _maybe_close_drained(self, conn: _Conn) -> None:
+        if (
+            conn.draining
+            and conn.role is Role.CLIENT
+            and not conn.outbound
+            and not conn.inbound
+            and not conn.held
+        ):
+            self._close_drained(conn)
+
+    def _close_drained(self, conn: _Conn) -> None:
+        if conn.state != "closed":
+            self._close(conn, AppErrorCode.DUPLICATE, "replaced by another connection", None)
+
+    def _setup_expired(self, conn: _Conn) -> None:
+        assert self._loop is not None
+        conn.setup_timer = None
+        if conn.state == "quic":
+            self.stats.setup_timeouts += 1
+            detail = f"no QUIC handshake with {conn.addr[0]}:{conn.addr[1]}"
+            self._close(conn, AppErrorCode.HANDSHAKE_REJECTED, "stalled", PeerUnreachable(detail))
+        elif conn.state == "identity":
+            self._tell_handshake(HandshakeTimer(conn.id, self._loop.time(), self))
+            conn.setup_timer = self._loop.call_later(HANDSHAKE_BACKSTOP, self._setup_backstop, conn)
+
+    def _setup_backstop(self, conn: _Conn) -> None:
+        """The Handshake actor did not answer the timer: close anyway."""
+        conn.setup_timer = None
+        if conn.state == "identity":
+            self.stats.setup_timeouts += 1
+            self._reject(conn, "stalled", "no identity handshake result in time")
+
+    def _reject(self, conn: _Conn, reason: str, detail: str) -> None:
+        log.info("closing connection to %s:%d: handshake %s (%s)", *conn.addr, reason, detail)
+        self._close(conn, AppErrorCode.HANDSHAKE_REJECTED, reason, PeerRejected(reason, detail))
+
+    def _close(
+        self, conn: _Conn, code: AppErrorCode, reason: str, error: TransportError | None
+    ) -> None:
+        """Close ``conn`` (sending CONNECTION_CLOSE) and fail what waits on it."""
+        if conn.state == "closed":
+            return
+        assert self._loop is not None
+        now = self._loop.time()
+        try:
+            for data, addr in conn.quic.datagrams_to_send(now):  # what is queued goes first
+                self._sendto(data, addr)
+            conn.quic.close(int(code), reason)
+            for data, addr in conn.quic.datagrams_to_send(now):
+                self._sendto(data, addr)
+        except Exception:
+            log.debug("could not send the close of connection %d", conn.id, exc_info=True)
+        self._finalize(conn, reason, error or ConnectionLost(reason), code)
+        for cid in [c for c, (_, until) in self._lingering.items() if until < now]:
+            del self._lingering[cid]
+        if not self._closed:
+            for cid in conn.cids:
+                self._lingering[cid] = (conn.quic, now + CLOSE_LINGER)
+
+    def _abort(self, conn: _Conn, reason: str, error: TransportError) -> None:
+        """Forget ``conn`` without telling the peer (it is gone or the stack failed)."""
+        self._finalize(conn, reason, error, AppErrorCode.NO_ERROR)
+
+    def _on_terminated(self, conn: _Conn, code: int, reason: str) -> None:
+        error: TransportError
+        if code == AppErrorCode.HANDSHAKE_REJECTED:
+            self.stats.handshakes_rejected_by_peer += 1
+            log.info("peer at %s:%d rejected the handshake: %s", *conn.addr, reason)
+            error = PeerRejected("rejected_by_peer", reason)
+        elif conn.state == "quic":
+            error = PeerUnreachable(f"QUIC connection failed: {reason or code}")
+        elif conn.state == "identity":
+            error = PeerRejected("connection_lost", reason or f"closed with code {code}")
+        else:
+            error = ConnectionLost(f"connection closed by peer: {reason or code}")
+        description = reason or f"closed with code {code:#x}"
+        self._finalize(conn, description, error, code)
+
+    def _finalize(self, conn: _Conn, reason: str, error: TransportError, code: int) -> None:
+        if conn.state == "closed":
+            return
+        was_ready = conn.state == "ready"
+        conn.state = "closed"
+        self.stats.connections_closed += 1
+        self._conns.pop(conn.id, None)
+        for cid in conn.cids:
+            if self._cids.get(cid) is conn:
+                del self._cids[cid]
+        self._dirty.pop(conn, None)
+        timers = (conn.timer, conn.setup_timer, conn.keepalive_timer, conn.probe_timer)
+        for timer in (*timers, conn.drain_timer):
+            if timer is not None:
+                timer.cancel()
+        if not was_ready:
+            self._tell_handshake(HandshakeClosed(conn.id, reason, self))
+        futures, conn.dial_futures = conn.dial_futures, []
+        if conn.role is Role.CLIENT and not was_ready:
+            log.info("dial to %s:%d failed: %s", *conn.addr, error)
+        for future in futures:
+            _fail(future, error)
+        for inbound in list(conn.inbound.values()) + conn.held:
+            if inbound.timer is not None:
+                inbound.timer.cancel()
+        conn.inbound.clear()
+        conn.held.clear()
+        peer = self._peers.get(conn.peer_id or conn.expected_peer_id or b"")
+        retry = code == AppErrorCode.DUPLICATE
+        for outbound in list(conn.outbound.values()):
+            if peer is not None:
+                peer.in_flight -= 1
+            outbound.conn = None
+            if retry and peer is not None and outbound.retries < 2 and not outbound.done:
+                outbound.retries += 1
+                outbound.decoder = FrameDecoder()
+                peer.queue.appendleft(outbound)
+            else:
+                self._complete(outbound, error=error)
+        conn.outbound.clear()
+        if peer is None:
+            return
+        if peer.conn is conn:
+            peer.conn = self._survivor(peer)
+            if peer.conn is None:
+                log.info("peer %s disconnected: %s", _short(peer.peer_id), reason)
+                self._emit(PeerDisconnected(peer.peer_id, reason))
+        elif not was_ready and conn.role is Role.CLIENT and peer.conn is None:
+            peer.dialing = False
+            if peer.queue:
+                self._dial_next(peer, error)
+                return
+        self._pump(peer)
+
+    def _survivor(self, peer: _Peer) -> _Conn | None:
+        """Another ready connection to the peer (a draining one), promoted to current."""
+        for conn in self._conns.values():
+            if conn.peer_id == peer.peer_id and conn.state == "ready":
+                conn.draining = False
+                if conn.drain_timer is not None:
+                    conn.drain_timer.cancel()
+                    conn.drain_timer = None
+                return conn
+        return None
+
+    def _disconnect(self, peer_id: bytes) -> None:
+        for conn in [c for c in self._conns.values() if c.peer_id == peer_id]:
+            self._close(conn, AppErrorCode.NO_ERROR, "disconnect requested", None)
+
+    def _shutdown(self) -> None:
+        assert self._loop is not None
+        for conn in list(self._conns.values()):
+            self._close(conn, AppErrorCode.SHUTDOWN, "node stopping", TransportClosed("stopping"))
+        for peer in self._peers.values():
+            while peer.queue:
+                self._complete(peer.queue.popleft(), error=TransportClosed("stopping"))
+        if self._send_backlog:
+            self._on_writable()
+        self._loop.stop()
+
+    def _tell_handshake(self, message: object) -> bool:
+        """Tell the Handshake actor; False (and the connection is left to its
+        deadline) if the actor is gone, e.g. stopped before this Transport."""
+        try:
+            self._handshake.tell(message)
+        except pykka.ActorDeadError:
+            level = logging.DEBUG if self._closed else logging.WARNING
+            log.log(level, "the Handshake actor is gone: %s dropped", type(message).__name__)
+            return False
+        return True
+
+    # -- keep-alive and RTT ---------------------------------------------------------------
+
+    def _schedule_keepalive(self, conn: _Conn) -> None:
+        assert self._loop is not None
+        conn.keepalive_timer = self._loop.call_later(
+            self.config.keepalive_interval, self._keepalive, conn
+        )
+
+    def _keepalive(self, conn: _Conn) -> None:
+        assert self._loop is not None
+        conn.keepalive_timer = None
+        if conn.state != "ready":
+            return
+        in_use = bool(conn.outbound or conn.inbound) or (
+            self._loop.time() - conn.last_used < self.config.idle_timeout
+        )
+        if in_use:
+            self._ping(conn)
+            self._touch(conn)
+        self._schedule_keepalive(conn)
+
+    def _probe(self, conn: _Conn) -> None:
+        """Liveness of a peer we wait for: PING when it is quiet, give up when it stays so."""
+        assert self._loop is not None
+        conn.probe_timer = None
+        if conn.state != "ready" or not conn.outbound:
+            return
+        silence = self._loop.time() - conn.last_received
+        if silence >= self.config.peer_silence_timeout:
+            log.info("peer %s silent for %.1f s: closing", _short(conn.peer_id), silence)
+            self._close(
+                conn,
+                AppErrorCode.UNRESPONSIVE,
+                "no answer",
+                ConnectionLost(f"the peer answered nothing for {silence:.1f} s"),
+            )
+            return
+        if silence >= self.config.probe_interval / 2:
+            self._ping(conn)
+            self._touch(conn)
+        conn.probe_timer = self._loop.call_later(self.config.probe_interval, self._probe, conn)
+
+    def _ping(self, conn: _Conn) -> None:
+        assert self._loop is not None
+        uid = next(self._ping_uids)
+        conn.ping_uids[uid] = self._loop.time()
+        if len(conn.ping_uids) > 16:
+            conn.ping_uids.pop(next(iter(conn.ping_uids)))
+        conn.quic.send_ping(uid)
+
+    # -- streams --------------------------------------------------------------------------
+
+    def _on_stream_data(self, conn: _Conn, event: StreamData) -> None:
+        stream_id = event.stream_id
+        if stream_id & 2:  # unidirectional: only the handshake streams
+            self._on_uni_data(conn, stream_id, event.data)
+        elif conn.locally_initiated(stream_id):
+            self._on_reply_data(conn, stream_id, event.data, event.end_stream)
+        else:
+            self._on_request_data(conn, stream_id, event.data, event.end_stream)
+
+    def _on_uni_data(self, conn: _Conn, stream_id: int, data: bytes) -> None:
+        if conn.locally_initiated(stream_id):
+            return
+        if conn.hs_recv_stream is None:
+            conn.hs_recv_stream = stream_id
+        if stream_id != conn.hs_recv_stream:
+            self.stats.unexpected_streams += 1
+            conn.quic.stop_stream(stream_id, AppErrorCode.PROTOCOL_VIOLATION)
+            return
+        if not data or conn.state == "ready":
+            return
+        try:
+            messages = conn.hs_decoder.feed(data)
+        except WireError as exc:
+            self.stats.malformed_frames += 1
+            self._tell_handshake(HandshakeClosed(conn.id, "malformed handshake frame", self))
+            self._reject(conn, "protocol_violation", f"malformed handshake frame: {exc}")
+            return
+        for message in messages:
+            if conn.hs_pending is not None:
+                conn.hs_pending.append(message)
+            else:
+                self._tell_handshake(HandshakeFrame(conn.id, message, self))
+
+    def _on_request_data(self, conn: _Conn, stream_id: int, data: bytes, end: bool) -> None:
+        inbound = conn.inbound.get(stream_id)
+        if inbound is None:
+            if stream_id in conn.recently_closed or any(
+                i.stream_id == stream_id for i in conn.held
+            ):
+                return
+            if len(conn.inbound) + len(conn.held) >= self.config.max_inbound_per_peer:
+                self.stats.busy_rejections += 1
+                self._refuse_stream(conn, stream_id, AppErrorCode.BUSY)
+                return
+            assert self._loop is not None
+            inbound = _Inbound(stream_id)
+            inbound.timer = self._loop.call_later(
+                self.config.stream_read_timeout, self._inbound_stalled, conn, inbound
+            )
+            conn.inbound[stream_id] = inbound
+        if inbound.request is not None:
+            if data:
+                self._malformed(conn, inbound, "data after the request frame")
+            return
+        try:
+            messages = inbound.decoder.feed(data)
+        except WireError as exc:
+            self._malformed(conn, inbound, str(exc))
+            return
+        if not messages:
+            if end:
+                self._malformed(conn, inbound, "stream ended inside a frame")
+            return
+        if len(messages) > 1 or inbound.decoder.buffered:
+            self._malformed(conn, inbound, "more than one frame on a request stream")
+            return
+        inbound.request = messages[0]
+        if inbound.timer is not None:
+            inbound.timer.cancel()
+            inbound.timer = None
+        if conn.state != "ready":
+            del conn.inbound[stream_id]
+            conn.held.append(inbound)
+            return
+        self._handle_request(conn, inbound)
+
+    def _handle_request(self, conn: _Conn, inbound: _Inbound) -> None:
+        assert inbound.request is not None and conn.peer_id is not None and self._loop is not None
+        conn.inbound[inbound.stream_id] = inbound
+        conn.last_used = self._loop.time()
+        request = inbound.request
+        if isinstance(request, Ping):
+            observed = format_multiaddr(conn.addr[0], conn.addr[1], conn.peer_id)
+            self._send_reply(
+                conn.id, inbound.stream_id, encode_frame(Pong(request.nonce, observed))
+            )
+            return
+        if isinstance(request, Hello | Proof):
+            frame = encode_frame(Error(ErrorCode.MALFORMED, "handshake frame on a request stream"))
+            self._send_reply(conn.id, inbound.stream_id, frame)
+            return
+        reply = _Reply(self, conn.id, inbound.stream_id)
+        try:
+            self._dispatch(InboundRequest(conn.peer_id, request, reply))
+        except Exception:
+            log.exception("dispatch of %s failed", type(request).__name__)
+            reply(Error(ErrorCode.INTERNAL, "the node could not handle the request"))
+
+    def _send_reply(self, conn_id: int, stream_id: int, frame: bytes) -> None:
+        conn = self._conns.get(conn_id)
+        if conn is None or conn.state == "closed":
+            return
+        inbound = conn.inbound.pop(stream_id, None)
+        if inbound is None:
+            return  # cancelled by the requester meanwhile
+        conn.recently_closed.append(stream_id)
+        conn.requests_served += 1
+        self.stats.requests_served += 1
+        conn.quic.send(stream_id, frame, end_stream=True)
+        self._touch(conn)
+        self._maybe_close_drained(conn)
+
+    def _malformed(self, conn: _Conn, inbound: _Inbound, detail: str) -> None:
+        self.stats.malformed_frames += 1
+        log.info(
+            "malformed request from %s on stream %d: %s",
+            _short(conn.peer_id),
+            inbound.stream_id,
+            detail,
+        )
+        self._drop_inbound(conn, inbound, AppErrorCode.FRAME_ERROR)
+
+    def _inbound_stalled(self, conn: _Conn, inbound: _Inbound) -> None:
+        inbound.timer = None
+        if conn.state == "closed" or conn.inbound.get(inbound.stream_id) is not inbound:
+            return
+        self.stats.stalled_streams += 1
+        self._drop_inbound(conn, inbound, AppErrorCode.STREAM_TIMEOUT)
+
+    def _drop_inbound(self, conn: _Conn, inbound: _Inbound, code: AppErrorCode) -> None:
+        if inbound.timer is not None:
+            inbound.timer.cancel()
+            inbound.timer = None
+        conn.inbound.pop(inbound.stream_id, None)
+        self._refuse_stream(conn, inbound.stream_id, code)
+        self._maybe_close_drained(conn)
+
+    def _refuse_stream(self, conn: _Conn, stream_id: int, code: AppErrorCode) -> None:
+        conn.recently_closed.append(stream_id)
+        conn.quic.stop_stream(stream_id, int(code))
+        conn.quic.reset_stream(stream_id, int(code))
+        self._touch(conn)
+
+    def _on_stream_reset(self, conn: _Conn, stream_id: int, code: int) -> None:
+        if stream_id & 2:
+            return
+        if conn.locally_initiated(stream_id):
+            outbound = conn.outbound.get(stream_id)
+            if outbound is not None:
+                self._finish_outbound(
+                    outbound,
+                    error=RemoteError(
+                        error_code_of_reset(code), f"stream reset with code {code:#x}"
+                    ),
+                )
+            return
+        inbound = conn.inbound.pop(stream_id, None)
+        if inbound is not None:
+            if inbound.timer is not None:
+                inbound.timer.cancel()
+            conn.recently_closed.append(stream_id)
+            self._maybe_close_drained(conn)
+
+    def _on_stop_sending(self, conn: _Conn, stream_id: int, code: int) -> None:
+        if stream_id & 2 or conn.locally_initiated(stream_id):
+            outbound = conn.outbound.get(stream_id)
+            if outbound is not None:
+                self._finish_outbound(
+                    outbound,
+                    error=RemoteError(
+                        error_code_of_reset(code), f"peer stopped stream ({code:#x})"
+                    ),
+                )
+            return
+        inbound = conn.inbound.pop(stream_id, None)
+        if inbound is not None:
+            if inbound.timer is not None:
+                inbound.timer.cancel()
+            conn.recently_closed.append(stream_id)
+            conn.quic.reset_stream(stream_id, int(AppErrorCode.CANCELLED))
+            self._touch(conn)
+            self._maybe_close_drained(conn)
+
+    # -- outbound requests ----------------------------------------------------------------
+
+    def _submit(self, outbound: _Outbound, hints: list[Address]) -> None:
+        assert self._loop is not None
+        if self._closed:
+            self._complete(outbound, error=TransportClosed("the transport is closed"))
+            return
+        delay = max(0.0, outbound.deadline - time.monotonic())
+        outbound.timer = self._loop.call_later(delay, self._request_expired, outbound)
+        peer = self._peer(outbound.peer_id)
+        for addr in hints:
+            _remember_addr(peer, addr)
+        peer.queue.append(outbound)
+        self._pump(peer)
+
+    def _pump(self, peer: _Peer) -> None:
+        """Start queued requests on the peer's connection, or dial it."""
+        conn = peer.conn
+        if conn is None or conn.state != "ready":
+            if peer.queue and not peer.dialing:
+                self._dial_next(peer, None)
+            return
+        while peer.queue and peer.in_flight < self.config.max_in_flight_per_peer:
+            outbound = peer.queue.popleft()
+            if not outbound.done:
+                self._start(conn, peer, outbound)
+
+    def _dial_next(self, peer: _Peer, last_error: TransportError | None) -> None:
+        """Dial the peer's next known address for its queued requests."""
+        live = [o for o in peer.queue if not o.done]
+        peer.queue = collections.deque(live)
+        if not live:
+            return
+        attempts = live[0].dial_attempts
+        if self._closed:
+            last_error = TransportClosed("the transport is closed")
+        if self._closed or attempts >= len(peer.addrs):
+            error = last_error or PeerUnreachable(
+                f"not connected to {_short(peer.peer_id)} and no address to dial"
+            )
+            while peer.queue:
+                self._complete(peer.queue.popleft(), error=error)
+            return
+        addr = peer.addrs[attempts]
+        for outbound in live:
+            outbound.dial_attempts = attempts + 1
+        self._open(addr, peer.peer_id, [])
+
+    def _start(self, conn: _Conn, peer: _Peer, outbound: _Outbound) -> None:
+        assert self._loop is not None
+        stream_id = conn.quic.next_stream_id()
+        if not conn.quic.send(stream_id, outbound.frame, end_stream=True):
+            self._complete(outbound, error=ConnectionLost("the connection is closing"))
+            return
+        outbound.conn = conn
+        outbound.stream_id = stream_id
+        conn.outbound[stream_id] = outbound
+        conn.requests_sent += 1
+        conn.last_used = self._loop.time()
+        if conn.probe_timer is None:
+            conn.probe_timer = self._loop.call_later(self.config.probe_interval, self._probe, conn)
+        peer.in_flight += 1
+        self.stats.requests_sent += 1
+        self._touch(conn)
+
+    def _on_reply_data(self, conn: _Conn, stream_id: int, data: bytes, end: bool) -> None:
+        outbound = conn.outbound.get(stream_id)
+        if outbound is None:
+            return
+        try:
+            messages = outbound.decoder.feed(data)
+        except WireError as exc:
+            self.stats.malformed_frames += 1
+            self._cancel_stream(conn, stream_id, AppErrorCode.FRAME_ERROR)
+            self._finish_outbound(
+                outbound, error=RemoteError(ErrorCode.MALFORMED, f"malformed reply: {exc}")
+            )
+            return
+        if messages:
+            reply = messages[0]
+            if isinstance(reply, Error):
+                self._finish_outbound(outbound, error=RemoteError(reply.code, reply.message))
+            else:
+                self._finish_outbound(outbound, reply=reply)
+        elif end:
+            self._finish_outbound(
+                outbound, error=RemoteError(ErrorCode.MALFORMED, "reply stream ended early")
+            )
+
+    def _request_expired(self, outbound: _Outbound) -> None:
+        outbound.timer = None
+        if outbound.done:
+            return
+        self.stats.request_timeouts += 1
+        conn = outbound.conn
+        if conn is not None and conn.state != "closed":
+            self._cancel_stream(conn, outbound.stream_id, AppErrorCode.CANCELLED)
+        self._finish_outbound(outbound, error=RequestTimeout("no reply before the deadline"))
+
+    def _cancel_stream(self, conn: _Conn, stream_id: int, code: AppErrorCode) -> None:
+        conn.quic.reset_stream(stream_id, int(code))
+        conn.quic.stop_stream(stream_id, int(code))
+        self._touch(conn)
+
+    def _finish_outbound(
+        self, outbound: _Outbound, reply: Message | None = None, error: Exception | None = None
+    ) -> None:
+        conn = outbound.conn
+        peer = self._peers.get(outbound.peer_id)
+        if conn is not None:
+            conn.outbound.pop(outbound.stream_id, None)
+            outbound.conn = None
+            if peer is not None:
+                peer.in_flight -= 1
+        self._complete(outbound, reply, error)
+        if peer is not None:
+            self._pump(peer)
+        if conn is not None:
+            self._maybe_close_drained(conn)
+
+    def _complete(
+        self, outbound: _Outbound, reply: Message | None = None, error: Exception | None = None
+    ) -> None:
+        if outbound.done:
+            return
+        outbound.done = True
+        if outbound.timer is not None:
+            outbound.timer.cancel()
+            outbound.timer = None
+        if error is not None:
+            _fail(outbound.future, error)
+        else:
+            assert reply is not None
+            outbound.future.set(reply)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _peer(self, peer_id: bytes) -> _Peer:
+        peer = self._peers.get(peer_id)
+        if peer is None:
+            peer = self._peers[peer_id] = _Peer(peer_id)
+        return peer
+
+    def _emit(self, event: PeerConnected | PeerDisconnected) -> None:
+        try:
+            self._on_event(event)
+        except Exception:
+            log.exception("peer event %s was not delivered", type(event).__name__)
+
+    def _connection_infos(self) -> list[ConnectionInfo]:
+        assert self._loop is not None
+        now = self._loop.time()
+        infos = []
+        for conn in self._conns.values():
+            if conn.state != "ready" or conn.peer_id is None:
+                continue
+            rtt = conn.quic.smoothed_rtt()
+            if rtt is None:
+                rtt = conn.rtt_sample
+            infos.append(
+                ConnectionInfo(
+                    peer_id=conn.peer_id.hex(),
+                    direction=conn.direction,
+                    remote_addr=format_multiaddr(conn.addr[0], conn.addr[1]),
+                    pq=conn.group in POST_QUANTUM_GROUPS,
+                    group=group_name(conn.group),
+                    rtt_ms=None if rtt is None else round(rtt * 1000.0, 3),
+                    quic=self.stack,
+                    state="draining" if conn.draining else "ready",
+                    age_s=round(now - conn.ready_at, 1),
+                    requests_in_flight=len(conn.outbound),
+                    requests_sent=conn.requests_sent,
+                    requests_served=conn.requests_served,
+                )
+            )
+        return infos
+
+
+# -- module helpers ------------------------------------------------------------------
+
+
+def _destination_cid(data: bytes) -> bytes | None:
+    """The destination connection ID of a QUIC datagram's first packet."""
+    if not data:
+        return None
+    if data[0] & 0x80:  # long header
+        if len(data) < 6:
+            return None
+        length = data[5]
+        if length > 20 or len(data) < 6 + length:
+            return None
+        return data[6 : 6 + length]
+    if len(data) < 1 + CONNECTION_ID_BYTES:
+        return None
+    return data[1 : 1 + CONNECTION_ID_BYTES]
+
+
+def _is_closed(conn: _Conn) -> bool:
+    """Whether ``conn`` is closed (a function, so type narrowing does not stick)."""
+    return conn.state == "closed"
+
+
+def _fail(future: pykka.ThreadingFuture[Any], error: Exception) -> None:
+    future.set_exception((type(error), error, None))
+
+
+def _short(peer_id: bytes | None) -> str:
+    return "?" if peer_id is None else peer_id.hex()[:12]
+
+
+def _remember_addr(peer: _Peer, addr: Address, first: bool = False) -> None:
+    if addr in peer.addrs:
+        if not first:
+            return
+        peer.addrs.remove(addr)
+    if first:
+        peer.addrs.insert(0, addr)
+    else:
+        peer.addrs.append(addr)
+    del peer.addrs[8:]
+
+
+def _parse_addrs(texts: Iterable[str], peer_id: bytes) -> list[Address]:
+    """Direct UDP addresses among ``texts`` that belong to ``peer_id`` (or name no peer)."""
+    addrs: list[Address] = []
+    for text in texts:
+        try:
+            parsed = parse_multiaddr(text)
+        except MultiaddrError:
+            continue
+        if parsed.relay_id is not None or parsed.peer_id not in (None, peer_id):
+            continue
+        addrs.append(parsed.socket_address)
+    return addrs
+
+
+def _dial_target(
+    addr: str | Multiaddr | Address, expected: bytes | None
+) -> tuple[Address, bytes | None]:
+    if isinstance(addr, str):
+        addr = parse_multiaddr(addr)
+    if isinstance(addr, Multiaddr):
+        if addr.relay_id is not None:
+            raise ValueError("relayed addresses are dialled through NatTraverser")
+        return addr.socket_address, expected if expected is not None else addr.peer_id
+    host, port = addr
+    socket.inet_aton(host)
+    return (host, int(port)), expected

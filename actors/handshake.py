@@ -1,0 +1,238 @@
+"""Handshake: runs the identity handshake of every new connection and judges the peer.
+
+The Transport tells it ``BeginHandshake`` once TLS is up on a connection, then every
+``HandshakeFrame`` the peer sends on its handshake stream. The actor drives one
+``protocol.handshake.IdentityHandshake`` per connection, signs and verifies here (an
+ML-DSA-65 signature costs about 1.5 ms: never on the Transport's loop), and answers
+through the ``HandshakeSink`` it was given: frames to send, then ``Accepted`` or
+``Rejected``. It owns the replay cache and counts every outcome by reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import msgspec
+
+from actors.base import NodeActor
+from actors.messages import Event, StatusQuery
+from protocol.handshake import (
+    DEFAULT_TIMEOUT,
+    Accepted,
+    IdentityHandshake,
+    Output,
+    Rejected,
+    RejectReason,
+    ReplayCache,
+    Role,
+    Send,
+)
+from protocol.identity import Identity
+from protocol.wire import Message, encode_frame
+
+log = logging.getLogger(__name__)
+
+
+class HandshakeSink(Protocol):
+    """Where the actor sends its outputs for a connection (the Transport's endpoint).
+
+    Both methods are called from the actor's thread and must be thread-safe.
+    """
+
+    def handshake_send(self, conn_id: int, frame: bytes) -> None: ...
+
+    def handshake_finished(self, conn_id: int, outcome: Accepted | Rejected) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BeginHandshake(Event):
+    """TLS is up on connection ``conn_id``: start the identity handshake."""
+
+    conn_id: int
+    role: Role
+    cert_hash: bytes
+    """SHA-256 of the server's certificate (DER) as this connection saw it."""
+    deadline: float
+    """``time.monotonic()`` by which the handshake must be complete."""
+    expected_peer_id: bytes | None
+    listen_addrs: tuple[str, ...]
+    instance: bytes
+    """This process's instance id (sent in the Hello)."""
+    nonce: bytes
+    """This side's nonce."""
+    hello_sent: bool
+    """The Transport already sent this side's Hello (``hello_message`` of these
+    values): it needs no signature, and sending it at once lets both sides sign in
+    parallel."""
+    remote: str
+    """``host:port`` of the peer, for logs."""
+    sink: HandshakeSink = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeFrame(Event):
+    """A message the peer sent on its handshake stream."""
+
+    conn_id: int
+    message: Message
+    sink: HandshakeSink = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeTimer(Event):
+    """The connection's deadline passed (sent by the Transport's loop)."""
+
+    conn_id: int
+    now: float
+    sink: HandshakeSink = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeClosed(Event):
+    """The connection closed before the handshake finished: forget it."""
+
+    conn_id: int
+    detail: str
+    sink: HandshakeSink = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeStatsQuery:
+    """Ask: the ``HandshakeStats``."""
+
+
+class HandshakeStats(msgspec.Struct):
+    started: int = 0
+    accepted: int = 0
+    rejected: dict[str, int] = msgspec.field(default_factory=dict)
+    """Rejections by ``RejectReason`` value."""
+    in_progress: int = 0
+
+
+@dataclass(frozen=True)
+class HandshakeConfig:
+    replay_cache_size: int = 65536
+    replay_ttl: float = 3600.0
+
+
+_Key = tuple[int, int]  # (id of the sink, connection id)
+
+
+class Handshake(NodeActor):
+    name = "Handshake"
+
+    def __init__(self, identity: Identity, config: HandshakeConfig | None = None) -> None:
+        super().__init__()
+        self.identity = identity
+        config = config or HandshakeConfig()
+        self.replay_cache = ReplayCache(config.replay_cache_size, config.replay_ttl)
+        self.stats = HandshakeStats()
+        self._machines: dict[_Key, tuple[IdentityHandshake, BeginHandshake]] = {}
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case HandshakeFrame(conn_id=conn_id, message=frame, sink=sink):
+                entry = self._machines.get((id(sink), conn_id))
+                if entry is not None:
+                    self._apply(entry, entry[0].receive(frame, time.monotonic()))
+                return None
+            case BeginHandshake():
+                self._begin(message)
+                return None
+            case HandshakeTimer(conn_id=conn_id, now=now, sink=sink):
+                entry = self._machines.get((id(sink), conn_id))
+                if entry is not None:
+                    self._apply(entry, entry[0].handle_timer(max(now, time.monotonic())))
+                return None
+            case HandshakeClosed(conn_id=conn_id, detail=detail, sink=sink):
+                entry = self._machines.get((id(sink), conn_id))
+                if entry is not None:
+                    self._apply(entry, entry[0].connection_lost(detail), notify=False)
+                return None
+            case HandshakeStatsQuery():
+                return self._stats()
+            case StatusQuery():
+                return {"handshake": msgspec.structs.asdict(self._stats())}
+        return super().on_receive(message)
+
+    def _begin(self, begin: BeginHandshake) -> None:
+        now = time.monotonic()
+        machine = IdentityHandshake(
+            signer=self.identity,
+            role=begin.role,
+            cert_hash=begin.cert_hash,
+            now=now,
+            expected_peer_id=begin.expected_peer_id,
+            listen_addrs=begin.listen_addrs,
+            instance=begin.instance,
+            replay_cache=self.replay_cache,
+            timeout=max(0.0, begin.deadline - now),
+            nonce=begin.nonce,
+        )
+        entry = (machine, begin)
+        self._machines[(id(begin.sink), begin.conn_id)] = entry
+        self.stats.started += 1
+        outputs = machine.start()
+        if begin.hello_sent:
+            outputs = [o for o in outputs if not isinstance(o, Send)]
+        self._apply(entry, outputs)
+
+    def _apply(
+        self,
+        entry: tuple[IdentityHandshake, BeginHandshake],
+        outputs: list[Output],
+        notify: bool = True,
+    ) -> None:
+        machine, begin = entry
+        for output in outputs:
+            match output:
+                case Send(message=message):
+                    begin.sink.handshake_send(begin.conn_id, encode_frame(message))
+                case Accepted(peer_id=peer_id):
+                    self.stats.accepted += 1
+                    log.debug("peer %s at %s accepted", peer_id.hex()[:12], begin.remote)
+                    begin.sink.handshake_finished(begin.conn_id, output)
+                case Rejected(reason=reason, detail=detail):
+                    self.stats.rejected[reason.value] = self.stats.rejected.get(reason.value, 0) + 1
+                    # a connection closed mid-handshake is routine (e.g. the losing
+                    # connection of a simultaneous dial); anything else is suspicious
+                    level = (
+                        logging.INFO if reason is RejectReason.CONNECTION_LOST else logging.WARNING
+                    )
+                    log.log(
+                        level,
+                        "handshake with %s (%s) rejected: %s: %s",
+                        begin.remote,
+                        begin.role.other.value,
+                        reason.value,
+                        detail,
+                    )
+                    if notify:
+                        begin.sink.handshake_finished(begin.conn_id, output)
+        if machine.done:
+            del self._machines[(id(begin.sink), begin.conn_id)]
+
+    def _stats(self) -> HandshakeStats:
+        return HandshakeStats(
+            started=self.stats.started,
+            accepted=self.stats.accepted,
+            rejected=dict(self.stats.rejected),
+            in_progress=len(self._machines),
+        )
+
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "BeginHandshake",
+    "Handshake",
+    "HandshakeClosed",
+    "HandshakeConfig",
+    "HandshakeFrame",
+    "HandshakeSink",
+    "HandshakeStats",
+    "HandshakeStatsQuery",
+    "HandshakeTimer",
+]

@@ -1,0 +1,208 @@
+"""Transport: the node's QUIC endpoint as an actor.
+
+The actor owns a ``QuicEndpoint`` (one UDP socket, an asyncio loop in its own
+thread, every QUIC connection). Creating the actor binds the socket, so a port in
+use fails ``Transport.start(...)`` at once. Remote calls do not queue behind the
+actor's mailbox: a ``TransportHandle`` (``Transport.handle_of(ref)``) hands them
+straight to the loop and returns pykka futures, Ray-style::
+
+    handle = Transport.handle_of(transport_ref)
+    reply = handle.request(peer_id, FindNode(target), timeout=5).get()   # or .get() later
+    peer_id = handle.dial("/ip4/127.0.0.1/udp/12000/quic-v1/p2p/<id>").get()
+
+Failures arrive as ``protocol.errors`` exceptions: ``RequestTimeout``,
+``PeerRejected``, ``PeerUnreachable``, ``ConnectionLost``, ``RemoteError``,
+``TransportClosed`` (all ``TransportError``).
+
+Inbound requests other than ``Ping`` (answered here, with the observed address)
+go to ``dispatch`` *on the loop thread*: it must not block (``tell`` an actor).
+Peer events go through this actor's mailbox to ``on_peer_connected`` and
+``on_peer_disconnected``, so slow subscribers never stall the loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import pykka
+
+from actors._quic.endpoint import (
+    ConnectionInfo,
+    Dispatch,
+    QuicEndpoint,
+    TransportConfig,
+    TransportStats,
+)
+from actors.base import NodeActor
+from actors.messages import Event, InboundRequest, PeerConnected, PeerDisconnected, StatusQuery
+from protocol.identity import Identity
+from protocol.multiaddr import Multiaddr
+from protocol.wire import Error, ErrorCode, Message
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ConnectionInfo",
+    "Dial",
+    "GetTransportHandle",
+    "Transport",
+    "TransportConfig",
+    "TransportHandle",
+    "TransportStats",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Dial(Event):
+    """Connect to ``addr`` (a multiaddr); failures are logged. (``TransportHandle.dial``
+    returns a future instead.)"""
+
+    addr: str
+    expected_peer_id: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GetTransportHandle:
+    """Ask: the thread-safe ``TransportHandle``."""
+
+
+class TransportHandle:
+    """Thread-safe remote calls and inspection; every method may be called from any thread."""
+
+    def __init__(self, endpoint: QuicEndpoint) -> None:
+        self._endpoint = endpoint
+
+    @property
+    def peer_id(self) -> bytes:
+        return self._endpoint.identity.peer_id
+
+    @property
+    def stack(self) -> str:
+        return self._endpoint.stack
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        return self._endpoint.local_address
+
+    @property
+    def certificate_sha256(self) -> bytes:
+        """SHA-256 of this process's TLS certificate (what dialling peers must see)."""
+        return self._endpoint.certificate.sha256
+
+    def request(
+        self,
+        peer_id: bytes,
+        message: Message,
+        timeout: float | None = None,
+        addrs: Sequence[str] = (),
+    ) -> pykka.Future[Message]:
+        """Send ``message`` to the peer; the future gets its reply message.
+
+        Uses the open connection to the peer, else dials ``addrs`` or the addresses
+        learnt from earlier connections. At most ``max_in_flight_per_peer`` requests
+        are in flight per peer; the rest wait (their deadline keeps running).
+        """
+        return self._endpoint.request(peer_id, message, timeout, addrs)
+
+    def dial(
+        self,
+        addr: str | Multiaddr | tuple[str, int],
+        expected_peer_id: bytes | None = None,
+        timeout: float | None = None,
+    ) -> pykka.Future[bytes]:
+        """Connect and authenticate; the future gets the peer's PeerId."""
+        return self._endpoint.dial(addr, expected_peer_id, timeout)
+
+    def listen_addrs(self) -> list[str]:
+        """``/ip4/H/udp/P/quic-v1/p2p/<peer id>`` of this node."""
+        return self._endpoint.listen_addrs()
+
+    def connections(self) -> list[ConnectionInfo]:
+        return self._endpoint.connections()
+
+    def connected_peers(self) -> list[bytes]:
+        return self._endpoint.connected_peers()
+
+    def stats(self) -> TransportStats:
+        return self._endpoint.counters()
+
+    def disconnect(self, peer_id: bytes) -> None:
+        self._endpoint.disconnect(peer_id)
+
+
+def refuse_all(request: InboundRequest) -> None:
+    """The default ``dispatch``: every request other than Ping is unsupported."""
+    request.reply(Error(ErrorCode.UNSUPPORTED, f"{type(request.message).__name__} not served"))
+
+
+class Transport(NodeActor):
+    name = "Transport"
+
+    def __init__(
+        self,
+        identity: Identity,
+        handshake: pykka.ActorRef[Any],
+        config: TransportConfig | None = None,
+        *,
+        dispatch: Dispatch = refuse_all,
+        on_peer_connected: Callable[[PeerConnected], None] | None = None,
+        on_peer_disconnected: Callable[[PeerDisconnected], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config or TransportConfig()
+        self._on_peer_connected = on_peer_connected
+        self._on_peer_disconnected = on_peer_disconnected
+        self.endpoint = QuicEndpoint(
+            identity, handshake, self.config, dispatch=dispatch, on_event=self._from_loop
+        )
+        self.endpoint.start()  # binds the socket: a bad host/port raises here
+        self.handle = TransportHandle(self.endpoint)
+        log.info("listening on %s (%s)", ", ".join(self.endpoint.listen_addrs()), self.config.quic)
+
+    @staticmethod
+    def handle_of(ref: pykka.ActorRef[Any], timeout: float = 5.0) -> TransportHandle:
+        handle = ref.ask(GetTransportHandle(), timeout=timeout)
+        assert isinstance(handle, TransportHandle)
+        return handle
+
+    def _from_loop(self, event: PeerConnected | PeerDisconnected) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.actor_ref.tell(event)
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case PeerConnected():
+                if self._on_peer_connected is not None:
+                    self._on_peer_connected(message)
+                return None
+            case PeerDisconnected():
+                if self._on_peer_disconnected is not None:
+                    self._on_peer_disconnected(message)
+                return None
+            case Dial(addr=addr, expected_peer_id=expected):
+                self.endpoint.dial(addr, expected)  # the endpoint logs a failure
+                return None
+            case GetTransportHandle():
+                return self.handle
+            case StatusQuery():
+                return self._status()
+        return super().on_receive(message)
+
+    def _status(self) -> dict[str, Any]:
+        return {
+            "listen_addrs": self.endpoint.listen_addrs(),
+            "quic": self.config.quic,
+            "connections": [msgspec.structs.asdict(c) for c in self.endpoint.connections()],
+            "transport": msgspec.structs.asdict(self.endpoint.counters()),
+        }
+
+    def on_stop(self) -> None:
+        self.endpoint.close()
+
+    def on_failure(self, *_exc_info: Any) -> None:
+        self.endpoint.close()
