@@ -11,8 +11,10 @@ merely candidates until a connection to them passes the identity handshake.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -95,6 +97,11 @@ class _Dialled(Event):
     outcome: Outcome[bytes]
 
 
+@dataclass(frozen=True, slots=True)
+class _Wake(Event):
+    """A lookup query may have become slow: look again."""
+
+
 @dataclass
 class _Job:
     lookup: Lookup
@@ -136,6 +143,8 @@ class BucketManager(NodeActor):
         self._liveness_at = 0.0
         self._bootstrapped = False
         self._dialled_at = 0.0
+        self._wake: threading.Timer | None = None
+        self._wake_at = float("inf")
         self.lookups_done = 0
         self.restored = 0
 
@@ -158,6 +167,8 @@ class BucketManager(NodeActor):
             self._bootstrap_lookups()  # rejoin through the persisted peers
 
     def on_stop(self) -> None:
+        if self._wake is not None:
+            self._wake.cancel()
         self._save(time.time(), force=True)
 
     # -- messages ------------------------------------------------------------------
@@ -181,6 +192,10 @@ class BucketManager(NodeActor):
                     log.warning("cannot reach bootstrap peer %s: %s", addr, outcome.error)
                 elif not self._bootstrapped:
                     self._bootstrap_lookups()
+            case _Wake():
+                self._wake_at = float("inf")
+                for job_id in list(self.jobs):
+                    self._pump(job_id, now)
             case Tick(now=tick_now):
                 self._tick(tick_now)
             case RoutingSnapshot():
@@ -230,6 +245,25 @@ class BucketManager(NodeActor):
             result = job.lookup.result()[: job.count]
             for callback in job.callbacks:
                 callback(result)
+            return
+        wake_at = job.lookup.next_timeout()
+        if wake_at is not None and wake_at < self._wake_at:
+            self._schedule_wake(wake_at, now)
+
+    def _schedule_wake(self, when: float, now: float) -> None:
+        """Wake this actor at ``when`` (a query turns slow), sooner than the next tick."""
+        if self._wake is not None:
+            self._wake.cancel()
+        ref = self.actor_ref
+        self._wake_at = when
+
+        def wake() -> None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                ref.tell(_Wake())
+
+        self._wake = threading.Timer(max(0.0, when - now), wake)
+        self._wake.daemon = True
+        self._wake.start()
 
     def _tell_query_done(self, job_id: int, peer_id: bytes) -> Callable[[Outcome[Message]], None]:
         ref = self.actor_ref

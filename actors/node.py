@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,16 +24,27 @@ from actors.base import MailboxFigures, NodeActor
 from actors.bucket_manager import BucketManager
 from actors.chunk_keeper import ChunkKeeper
 from actors.close_group_tracker import CloseGroupTracker
+from actors.futures import NotifyingFuture
 from actors.handshake import Handshake
-from actors.messages import InboundRequest, RoutingChanged, StatusQuery, Tick
+from actors.messages import (
+    FindClosest,
+    InboundRequest,
+    RoutingChanged,
+    StatusQuery,
+    SubscribeCloseGroup,
+    Tick,
+)
 from actors.nat_traverser import NatTraverser
+from actors.replicator import Replicator
 from actors.transport import Transport, TransportHandle
 from cli.control import ControlServer
 from persistence.chunk_files import ChunkFiles
 from persistence.database import Database, open_database
 from persistence.root_dir import RootDirLock, prepare_root_dir
 from protocol.identity import Identity, load_or_create
-from protocol.wire import Error, ErrorCode, FindNode, GetChunk, Message, PutChunk
+from protocol.lookup import Contact
+from protocol.wire import Error, ErrorCode, FindNode, GetChunk, Message, Offer, PutChunk
+from protocol.xor import from_hex
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +52,7 @@ _SERVED_BY: dict[type[Message], str] = {
     FindNode: "BucketManager",
     PutChunk: "ChunkKeeper",
     GetChunk: "ChunkKeeper",
+    Offer: "Replicator",
 }
 """Which actor answers each kind of remote request (Ping is answered by the Transport)."""
 
@@ -64,9 +77,15 @@ class NodeConfig:
     """Seconds after which a bucket no lookup touched is refreshed."""
     liveness_interval: float = 15.0
     """Seconds between liveness pings of the closest peers."""
+    repair_interval: float = 120.0
+    """Seconds between two replication repair passes over every held chunk."""
     control_socket: bool = True
     identity: Identity | None = field(default=None, repr=False)
     """Use this identity instead of the root dir's key file (tests)."""
+
+
+def _record_time(times: dict[int, float], key: int, _outcome: object) -> None:
+    times.setdefault(key, time.monotonic())
 
 
 class Node:
@@ -120,7 +139,15 @@ class Node:
 
         close_groups = self._spawn(CloseGroupTracker, own_id)
         self._spawn(NatTraverser)
-        keeper = self._spawn(ChunkKeeper, own_id, database, files, self.config.max_storage)
+        keeper = self._spawn(
+            ChunkKeeper,
+            own_id,
+            database,
+            files,
+            self.config.max_storage,
+            on_stored=self._tell("Replicator"),
+            on_lost=self._tell("Replicator"),
+        )
         handshake = self._spawn(Handshake, self.identity)
         transport = self._spawn(
             Transport,
@@ -132,9 +159,15 @@ class Node:
         )
         self.transport = Transport.handle_of(transport)
 
+        replicator = self._spawn(
+            Replicator, own_id, self.transport, keeper, repair_interval=self.config.repair_interval
+        )
+        close_groups.tell(SubscribeCloseGroup(self._tell("Replicator")))
+
         def routing_changed(event: RoutingChanged) -> None:
             close_groups.tell(event)
             keeper.tell(event)
+            replicator.tell(event)
 
         self._spawn(
             BucketManager,
@@ -151,7 +184,10 @@ class Node:
         self._ticker = threading.Thread(target=self._tick_loop, name="node-ticker", daemon=True)
         self._ticker.start()
         if self.config.control_socket:
-            control = ControlServer(self.root_dir, {"status": lambda _request: self.status()})
+            control = ControlServer(
+                self.root_dir,
+                {"status": lambda _request: self.status(), "lookup": self._control_lookup},
+            )
             control.start()
             self._cleanup.append(control.stop)
 
@@ -218,6 +254,32 @@ class Node:
 
     def mailboxes(self) -> dict[str, MailboxFigures]:
         return {name: meter.figures() for name, meter in self.meters.items()}
+
+    def lookup(self, target: bytes, count: int = 20) -> NotifyingFuture[list[Contact]]:
+        """Find the ``count`` peers closest to ``target`` by an iterative lookup."""
+        future: NotifyingFuture[list[Contact]] = NotifyingFuture()
+        self.refs["BucketManager"].tell(FindClosest(target, future.set, count))
+        return future
+
+    def _control_lookup(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        """``{"targets": [hex, ...], "count": n}``: run the lookups at once, report each."""
+        count = int(request.get("count", 20))
+        targets = [from_hex(str(t)) for t in request.get("targets", [])]
+        started = time.monotonic()
+        done_at: dict[int, float] = {}
+        futures = []
+        for i, target in enumerate(targets):
+            future = self.lookup(target, count)
+            future.add_done_callback(partial(_record_time, done_at, i))
+            futures.append(future)
+        return [
+            {
+                "target": target.hex(),
+                "peers": [c.peer_id.hex() for c in future.get(timeout=60)],
+                "seconds": done_at.get(i, time.monotonic()) - started,
+            }
+            for i, (target, future) in enumerate(zip(targets, futures, strict=True))
+        ]
 
     def status(self) -> dict[str, Any]:
         """The JSON-ready answer to ``status``: identity, actors, and each actor's section."""

@@ -70,6 +70,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--quic", choices=["qh3", "aioquic"], default="qh3", help="QUIC stack (default qh3)"
     )
+    run.add_argument(
+        "--refresh-interval",
+        type=float,
+        default=300.0,
+        help="seconds before a quiet bucket is refreshed (default 300)",
+    )
+    run.add_argument(
+        "--liveness-interval",
+        type=float,
+        default=15.0,
+        help="seconds between liveness pings of the closest peers (default 15)",
+    )
+    run.add_argument(
+        "--repair-interval",
+        type=float,
+        default=120.0,
+        help="seconds between replication repair passes (default 120)",
+    )
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     run.set_defaults(handler=cmd_run)
 
@@ -126,6 +144,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         local=args.local,
         max_storage=args.max_storage,
         quic=args.quic,
+        refresh_interval=args.refresh_interval,
+        liveness_interval=args.liveness_interval,
+        repair_interval=args.repair_interval,
     )
     node = Node(config)
     stop = threading.Event()

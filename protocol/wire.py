@@ -30,6 +30,7 @@ MAX_PEERS_PER_REPLY: Final = 64
 MAX_ADDRS_PER_PEER: Final = 8
 MAX_ADDR_CHARS: Final = 256
 MAX_ERROR_CHARS: Final = 1024
+MAX_OFFER_ADDRESSES: Final = 1024
 
 _HEADER = struct.Struct(">IB")
 HEADER_BYTES: Final = _HEADER.size
@@ -146,6 +147,18 @@ class Proof(_Message, tag="proof", frozen=True):
     signature: Signature
 
 
+class Offer(_Message, tag="offer", frozen=True):
+    """Replication: "you are in the close group of these chunks; fetch what you lack"."""
+
+    addresses: Annotated[list[Address], msgspec.Meta(max_length=MAX_OFFER_ADDRESSES)]
+
+
+class OfferAck(_Message, tag="offer_ack", frozen=True):
+    """Reply to ``Offer``: how many of the offered chunks the receiver will fetch."""
+
+    wanted: Annotated[int, msgspec.Meta(ge=0)]
+
+
 Message = (
     Ping
     | Pong
@@ -159,6 +172,8 @@ Message = (
     | Error
     | Hello
     | Proof
+    | Offer
+    | OfferAck
 )
 """Every message that can travel in a frame (``Hello``/``Proof`` only on handshake streams)."""
 

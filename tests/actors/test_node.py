@@ -13,7 +13,15 @@ from actors.node import Node, NodeConfig
 from cli.control import request
 from persistence.root_dir import RootDirError
 
-EXPECTED_ACTORS = {"CloseGroupTracker", "NatTraverser", "ChunkKeeper"}
+EXPECTED_ACTORS = {
+    "Transport",
+    "Handshake",
+    "NatTraverser",
+    "BucketManager",
+    "CloseGroupTracker",
+    "ChunkKeeper",
+    "Replicator",
+}
 
 
 def test_twenty_nodes_start_and_stop_leaving_no_thread(tmp_path: Path) -> None:

@@ -36,6 +36,8 @@ messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(wire.Chunk, addr, small_content),
     st.builds(wire.NotFound, addr),
     st.builds(wire.Error, st.sampled_from(list(wire.ErrorCode)), st.text(max_size=100)),
+    st.builds(wire.Offer, st.lists(addr, max_size=20)),
+    st.builds(wire.OfferAck, st.integers(min_value=0, max_value=2**32)),
 )
 
 

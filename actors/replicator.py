@@ -1,0 +1,184 @@
+"""Replicator: keeps every held chunk on all of its close group, through churn.
+
+- A chunk stored here is offered to the other members of its close group.
+- When the node's own close group changes, each new member is offered the held
+  chunks it is now responsible for.
+- An inbound ``Offer`` queues fetches of what this node lacks and is responsible
+  for; a chunk lost to corruption is fetched again from its close group.
+- A periodic repair pass re-offers every held chunk, covering what events missed.
+
+Fetches go through ``protocol.replication.FetchQueue`` (bounded concurrency and
+bandwidth). A fetched chunk is stored through ChunkKeeper, which re-checks its
+hash: a source that serves wrong bytes is skipped and the next one is tried.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+
+from actors.base import NodeActor
+from actors.bucket_manager import RemoteCalls
+from actors.futures import Outcome, when_done
+from actors.messages import (
+    ChunkLost,
+    ChunkStored,
+    CloseGroupChanged,
+    Event,
+    HeldChunks,
+    HoldsChunk,
+    InboundRequest,
+    RoutingChanged,
+    StatusQuery,
+    StoreChunk,
+    Tick,
+)
+from protocol.chunks import CLOSE_GROUP_SIZE, RESPONSIBILITY_MARGIN, is_responsible
+from protocol.replication import FetchQueue, holders, offers
+from protocol.wire import MAX_OFFER_ADDRESSES, Chunk, GetChunk, Message, Offer, OfferAck, PutAck
+
+log = logging.getLogger(__name__)
+
+FETCH_TIMEOUT = 30.0
+OFFER_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Fetched(Event):
+    address: bytes
+    source: bytes
+    outcome: Outcome[Message]
+
+
+class Replicator(NodeActor):
+    name = "Replicator"
+
+    def __init__(
+        self,
+        own_id: bytes,
+        remote: RemoteCalls,
+        keeper: pykka.ActorRef[Any],
+        *,
+        repair_interval: float = 120.0,
+        max_in_flight: int = 4,
+        bytes_per_second: float = 32 * 1024 * 1024,
+    ) -> None:
+        super().__init__()
+        self.own_id = own_id
+        self.remote = remote
+        self.keeper = keeper
+        self.repair_interval = repair_interval
+        self.peers: set[bytes] = set()
+        self.queue = FetchQueue(max_in_flight=max_in_flight, bytes_per_second=bytes_per_second)
+        self._repaired_at = time.time()
+        self.offers_sent = 0
+        self.offers_received = 0
+        self.bad_sources = 0
+
+    def on_receive(self, message: Any) -> Any:
+        now = time.time()
+        match message:
+            case RoutingChanged(added=added, removed=removed):
+                self.peers.difference_update(removed)
+                self.peers.update(added)
+            case ChunkStored(address=address):
+                self._offer(offers([address], self.own_id, self.peers))
+            case CloseGroupChanged(added=added):
+                if added:
+                    held = self._held()
+                    self._offer(offers(held, self.own_id, self.peers, only_to=added))
+            case ChunkLost(address=address):
+                sources = [
+                    p
+                    for p in holders(address, self.own_id, self.peers, CLOSE_GROUP_SIZE + 2)
+                    if p != self.own_id
+                ]
+                self.queue.want(address, sources)
+            case InboundRequest(peer_id=peer_id, message=Offer(addresses=addresses), reply=reply):
+                reply(OfferAck(self._take_offer(peer_id, addresses)))
+            case _Fetched(address=address, source=source, outcome=outcome):
+                self._fetched(address, source, outcome)
+            case Tick(now=tick_now):
+                if tick_now - self._repaired_at >= self.repair_interval:
+                    self._repaired_at = tick_now
+                    self._offer(offers(self._held(), self.own_id, self.peers))
+            case StatusQuery():
+                return {
+                    "replication": {
+                        "queued": len(self.queue),
+                        "in_flight": self.queue.in_flight,
+                        "fetched": self.queue.fetched,
+                        "failed": self.queue.failed,
+                        "offers_sent": self.offers_sent,
+                        "offers_received": self.offers_received,
+                        "bad_sources": self.bad_sources,
+                    }
+                }
+            case _:
+                return super().on_receive(message)
+        self._start_fetches(now)
+        return None
+
+    def _held(self) -> list[bytes]:
+        held: list[bytes] = self.keeper.ask(HeldChunks(), block=True, timeout=30)
+        return held
+
+    def _offer(self, plan: dict[bytes, list[bytes]]) -> None:
+        for peer, addresses in plan.items():
+            for start in range(0, len(addresses), MAX_OFFER_ADDRESSES):
+                batch = addresses[start : start + MAX_OFFER_ADDRESSES]
+                self.remote.request(peer, Offer(batch), OFFER_TIMEOUT)
+                self.offers_sent += 1
+
+    def _take_offer(self, peer_id: bytes, addresses: Sequence[bytes]) -> int:
+        """Queue the offered chunks this node should hold and lacks; how many."""
+        self.offers_received += 1
+        wanted = 0
+        for address in addresses:
+            if address in self.queue:
+                self.queue.want(address, [peer_id])
+                continue
+            if not is_responsible(
+                self.own_id, address, tuple(self.peers), CLOSE_GROUP_SIZE + RESPONSIBILITY_MARGIN
+            ):
+                continue
+            if self.keeper.ask(HoldsChunk(address), block=True, timeout=10):
+                continue
+            self.queue.want(address, [peer_id])
+            wanted += 1
+        return wanted
+
+    def _start_fetches(self, now: float) -> None:
+        for fetch in self.queue.next_fetches(now):
+            future = self.remote.request(fetch.source, GetChunk(fetch.address), FETCH_TIMEOUT)
+            when_done(future, self._tell_fetched(fetch.address, fetch.source))
+
+    def _tell_fetched(self, address: bytes, source: bytes) -> Callable[[Outcome[Message]], None]:
+        ref = self.actor_ref
+        return lambda outcome: ref.tell(_Fetched(address, source, outcome))
+
+    def _fetched(self, address: bytes, source: bytes, outcome: Outcome[Message]) -> None:
+        reply = outcome.value
+        if isinstance(reply, Chunk) and reply.address == address:
+            stored = self.keeper.ask(StoreChunk(address, reply.content), block=True, timeout=30)
+            if isinstance(stored, PutAck):
+                self.queue.done(address, ok=True, size=len(reply.content))
+                return
+            self.bad_sources += 1
+            log.warning(
+                "replica of %s from %s rejected: %s", address.hex()[:16], source.hex()[:16], stored
+            )
+        self.queue.done(address, ok=False)
+        if len(self.queue) and address in self.queue:
+            # ask the rest of the close group too, in case the offerer was the only source
+            others = [
+                p
+                for p in holders(address, self.own_id, self.peers, CLOSE_GROUP_SIZE + 2)
+                if p != self.own_id
+            ]
+            self.queue.want(address, others)

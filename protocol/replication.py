@@ -1,0 +1,149 @@
+"""Replication rules: who should hold a chunk, what to offer whom, and a bounded fetch queue.
+
+A chunk lives on the close group of its address: the ``CLOSE_GROUP_SIZE`` nodes
+closest to it. Nodes keep each other complete by *offers*: a holder tells a member
+"you should hold these", and the member fetches what it lacks. Fetches run through
+``FetchQueue``, which bounds how many run at once and how many bytes per second
+start, so churn cannot turn into a storm.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from protocol.chunks import CLOSE_GROUP_SIZE
+from protocol.xor import closest
+
+
+def holders(address: bytes, own_id: bytes, peers: Iterable[bytes], size: int = CLOSE_GROUP_SIZE) -> list[bytes]:
+    """The close group of ``address`` among ``peers`` and this node, closest first."""
+    return closest(address, {own_id, *peers}, size)
+
+
+def offers(
+    addresses: Iterable[bytes],
+    own_id: bytes,
+    peers: Iterable[bytes],
+    only_to: Iterable[bytes] | None = None,
+    size: int = CLOSE_GROUP_SIZE,
+) -> dict[bytes, list[bytes]]:
+    """For each peer (other than this node), the held ``addresses`` whose close group it is in.
+
+    ``only_to`` restricts the offers to some peers (e.g. the ones that just joined).
+    """
+    known = set(peers)
+    targets = None if only_to is None else set(only_to)
+    result: dict[bytes, list[bytes]] = {}
+    for address in addresses:
+        for peer in holders(address, own_id, known, size):
+            if peer != own_id and (targets is None or peer in targets):
+                result.setdefault(peer, []).append(address)
+    return result
+
+
+@dataclass(slots=True)
+class _Wanted:
+    sources: list[bytes]
+    tried: set[bytes] = field(default_factory=set)
+    in_flight: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """Fetch ``address`` from ``source`` now."""
+
+    address: bytes
+    source: bytes
+
+
+class FetchQueue:
+    """Chunks to fetch, each with candidate sources; bounded concurrency and bandwidth.
+
+    ``bytes_per_second`` is a token bucket on the expected size of fetches started
+    (``expected_chunk_bytes`` each, corrected by the real size when they finish).
+    """
+
+    def __init__(
+        self,
+        max_in_flight: int = 4,
+        bytes_per_second: float = 32 * 1024 * 1024,
+        expected_chunk_bytes: int = 1024 * 1024,
+        max_queued: int = 100_000,
+    ) -> None:
+        self.max_in_flight = max_in_flight
+        self.bytes_per_second = bytes_per_second
+        self.expected_chunk_bytes = expected_chunk_bytes
+        self.max_queued = max_queued
+        self._wanted: OrderedDict[bytes, _Wanted] = OrderedDict()
+        self._in_flight = 0
+        self._tokens = float(bytes_per_second)
+        self._tokens_at: float | None = None
+        self.fetched = 0
+        self.failed = 0
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._wanted)
+
+    def __contains__(self, address: object) -> bool:
+        return address in self._wanted
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def want(self, address: bytes, sources: Iterable[bytes]) -> bool:
+        """Queue ``address`` (or add sources to it); False when the queue is full."""
+        entry = self._wanted.get(address)
+        if entry is None:
+            if len(self._wanted) >= self.max_queued:
+                self.dropped += 1
+                return False
+            entry = self._wanted[address] = _Wanted([])
+        for source in sources:
+            if source not in entry.sources:
+                entry.sources.append(source)
+        return True
+
+    def next_fetches(self, now: float) -> list[Fetch]:
+        """Fetches to start now, within the concurrency and bandwidth limits."""
+        self._refill(now)
+        out: list[Fetch] = []
+        for address, entry in list(self._wanted.items()):
+            if self._in_flight >= self.max_in_flight or self._tokens < self.expected_chunk_bytes:
+                break
+            if entry.in_flight:
+                continue
+            source = next((s for s in entry.sources if s not in entry.tried), None)
+            if source is None:
+                del self._wanted[address]  # every source failed: the periodic repair retries
+                self.failed += 1
+                continue
+            entry.tried.add(source)
+            entry.in_flight = True
+            self._in_flight += 1
+            self._tokens -= self.expected_chunk_bytes
+            out.append(Fetch(address, source))
+        return out
+
+    def done(self, address: bytes, ok: bool, size: int = 0) -> None:
+        """A fetch finished; on failure the next source is tried later."""
+        entry = self._wanted.get(address)
+        if entry is None or not entry.in_flight:
+            return
+        entry.in_flight = False
+        self._in_flight -= 1
+        if ok:
+            del self._wanted[address]
+            self.fetched += 1
+            self._tokens += self.expected_chunk_bytes - size
+
+    def _refill(self, now: float) -> None:
+        if self._tokens_at is not None:
+            self._tokens = min(
+                float(self.bytes_per_second),
+                self._tokens + (now - self._tokens_at) * self.bytes_per_second,
+            )
+        self._tokens_at = now
