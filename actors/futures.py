@@ -80,5 +80,7 @@ def _run(callback: Callable[[Outcome[T]], None], outcome: Outcome[T]) -> None:
 def when_done(future: pykka.Future[T], callback: Callable[[Outcome[T]], None]) -> None:
     """Run ``callback`` when ``future`` completes; it must be a ``NotifyingFuture``."""
     if not isinstance(future, NotifyingFuture):
-        raise TypeError(f"cannot watch a {type(future).__name__} without blocking; use NotifyingFuture")
+        raise TypeError(
+            f"cannot watch a {type(future).__name__} without blocking; use NotifyingFuture"
+        )
     future.add_done_callback(callback)

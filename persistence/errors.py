@@ -38,5 +38,5 @@ class ChunkFileError(PersistenceError):
     """A chunk file could not be written, read, moved or removed."""
 
 
-class StorageFull(ChunkFileError):  # noqa: N818 - the name the actors know
+class StorageFull(ChunkFileError):
     """No space (or quota) left on the device holding the chunk files."""

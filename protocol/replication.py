@@ -17,7 +17,9 @@ from protocol.chunks import CLOSE_GROUP_SIZE
 from protocol.xor import closest
 
 
-def holders(address: bytes, own_id: bytes, peers: Iterable[bytes], size: int = CLOSE_GROUP_SIZE) -> list[bytes]:
+def holders(
+    address: bytes, own_id: bytes, peers: Iterable[bytes], size: int = CLOSE_GROUP_SIZE
+) -> list[bytes]:
     """The close group of ``address`` among ``peers`` and this node, closest first."""
     return closest(address, {own_id, *peers}, size)
 

@@ -135,7 +135,7 @@ class SelfEncryptionError(Exception):
     """Base of every error of self-encryption and decryption."""
 
 
-class CorruptChunk(SelfEncryptionError):  # noqa: N818 (names of the issue)
+class CorruptChunk(SelfEncryptionError):
     """A fetched chunk does not hash to its address, or does not decrypt to its piece."""
 
     def __init__(self, address: bytes, reason: str) -> None:
@@ -144,7 +144,7 @@ class CorruptChunk(SelfEncryptionError):  # noqa: N818 (names of the issue)
         self.reason = reason
 
 
-class MissingChunk(SelfEncryptionError):  # noqa: N818 (names of the issue)
+class MissingChunk(SelfEncryptionError):
     """``fetch`` found no chunk at an address."""
 
     def __init__(self, address: bytes) -> None:
@@ -152,11 +152,11 @@ class MissingChunk(SelfEncryptionError):  # noqa: N818 (names of the issue)
         self.address = address
 
 
-class BadDataMap(SelfEncryptionError):  # noqa: N818 (names of the issue)
+class BadDataMap(SelfEncryptionError):
     """The data address does not lead to a well-formed, consistent data map."""
 
 
-class SourceChanged(SelfEncryptionError):  # noqa: N818 (named like its siblings)
+class SourceChanged(SelfEncryptionError):
     """The source file changed (size or content) while it was being encrypted."""
 
 
