@@ -279,6 +279,7 @@ class BucketManager(NodeActor):
             if job is not None:
                 job.lookup.on_reply(peer_id, value.peers, now)
         else:
+            log.debug("FIND_NODE to %s failed: %r", peer_id.hex()[:16], outcome.error or value)
             self._failure(peer_id, now)
             if job is not None:
                 job.lookup.on_failure(peer_id, now)

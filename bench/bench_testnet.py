@@ -1,0 +1,74 @@
+"""Figures of a local testnet of real node processes.
+
+Prints: time for ``testnet start``; lookup latency p50/p95 (one lookup at a time,
+timed inside the node); memory (RSS) and idle CPU per node process.
+
+Run: .venv/bin/python bench/bench_testnet.py [--nodes 25] [--lookups 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._timing import percentiles
+from cli.control import request
+from cli.testnet import start, stop
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--nodes", type=int, default=25)
+    parser.add_argument("--lookups", type=int, default=200)
+    parser.add_argument("--idle-seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        started = time.monotonic()
+        nodes = start(directory, args.nodes, timeout=600)
+        print(f"testnet start of {args.nodes} nodes: {time.monotonic() - started:.1f} s")
+        try:
+            time.sleep(5)  # let the joins' refresh lookups settle
+            latencies = []
+            for _ in range(args.lookups):
+                node = random.choice(nodes)
+                result = request(Path(node.root_dir), "lookup", targets=[os.urandom(32).hex()])
+                latencies.append(result[0]["seconds"] * 1000)
+            p50, p95 = percentiles(latencies)
+            print(f"lookup latency over {args.lookups} lookups: p50 {p50:.1f} ms, p95 {p95:.1f} ms")
+            time.sleep(5)
+            before = {n.pid: cpu_seconds(n.pid) for n in nodes}
+            time.sleep(args.idle_seconds)
+            cpu = [(cpu_seconds(n.pid) - before[n.pid]) / args.idle_seconds * 100 for n in nodes]
+            rss = [rss_mb(n.pid) for n in nodes]
+            print(f"RSS per node: mean {sum(rss) / len(rss):.1f} MB, max {max(rss):.1f} MB")
+            print(
+                f"idle CPU per node over {args.idle_seconds:.0f} s: mean {sum(cpu) / len(cpu):.2f} %, max {max(cpu):.2f} % of a core"
+            )
+        finally:
+            stop(directory)
+
+
+if __name__ == "__main__":
+    main()
