@@ -25,6 +25,7 @@ import pykka
 from actors.base import NodeActor
 from actors.futures import Outcome, when_done
 from actors.messages import (
+    AddressObserved,
     Event,
     FindClosest,
     InboundRequest,
@@ -89,6 +90,7 @@ class _PingDone(Event):
     alive: bool
     evict_check: bool
     """True: the ping-before-evict of a full bucket; False: a liveness check."""
+    observed_addr: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +122,7 @@ class BucketManager(NodeActor):
         database: Database | None,
         on_routing_changed: Callable[[RoutingChanged], None],
         *,
+        on_address_observed: Callable[[AddressObserved], None] = lambda _event: None,
         local: bool = False,
         bootstrap: Sequence[str] = (),
         refresh_interval: float = 300.0,
@@ -131,6 +134,7 @@ class BucketManager(NodeActor):
         self.remote = remote
         self.database = database
         self.on_routing_changed = on_routing_changed
+        self.on_address_observed = on_address_observed
         self.table = RoutingTable(own_id, local=local)
         self.bootstrap = tuple(bootstrap)
         self.refresh_interval = refresh_interval
@@ -145,6 +149,8 @@ class BucketManager(NodeActor):
         self._dialled_at = 0.0
         self._wake: threading.Timer | None = None
         self._wake_at = float("inf")
+        self._pinging: set[bytes] = set()
+        """Peers with a liveness ping outstanding."""
         self.lookups_done = 0
         self.restored = 0
 
@@ -187,6 +193,8 @@ class BucketManager(NodeActor):
                 self._query_done(job_id, peer_id, outcome, now)
             case _PingDone(peer_id=peer_id, alive=alive, evict_check=evict_check):
                 self._ping_done(peer_id, alive, evict_check, now)
+                if message.observed_addr:
+                    self.on_address_observed(AddressObserved(message.observed_addr, peer_id))
             case _Dialled(addr=addr, outcome=outcome):
                 if outcome.error is not None:
                     log.warning("cannot reach bootstrap peer %s: %s", addr, outcome.error)
@@ -280,7 +288,7 @@ class BucketManager(NodeActor):
                 job.lookup.on_reply(peer_id, value.peers, now)
         else:
             log.debug("FIND_NODE to %s failed: %r", peer_id.hex()[:16], outcome.error or value)
-            self._failure(peer_id, now)
+            self._suspect(peer_id)
             if job is not None:
                 job.lookup.on_failure(peer_id, now)
         self._pump(job_id, now)
@@ -316,7 +324,17 @@ class BucketManager(NodeActor):
         if isinstance(result, Added | Updated):
             self._dirty = True
 
+    def _suspect(self, peer_id: bytes) -> None:
+        """A request to a table peer failed: check it with a ping. One incident may fail many
+        requests at once; only failed pings, one at a time per peer, count as failures."""
+        entry = self.table.get(peer_id)
+        if entry is not None:
+            self._ping(peer_id, entry.addrs, evict_check=False)
+
     def _ping(self, peer_id: bytes, addrs: Sequence[str], evict_check: bool) -> None:
+        if peer_id in self._pinging and not evict_check:
+            return
+        self._pinging.add(peer_id)
         ref = self.actor_ref
         future = self.remote.request(
             peer_id, Ping(int(time.monotonic_ns() & (2**63 - 1))), PING_TIMEOUT, addrs
@@ -324,11 +342,17 @@ class BucketManager(NodeActor):
         when_done(
             future,
             lambda outcome: ref.tell(
-                _PingDone(peer_id, isinstance(outcome.value, Pong), evict_check)
+                _PingDone(
+                    peer_id,
+                    isinstance(outcome.value, Pong),
+                    evict_check,
+                    outcome.value.observed_addr if isinstance(outcome.value, Pong) else "",
+                )
             ),
         )
 
     def _ping_done(self, peer_id: bytes, alive: bool, evict_check: bool, now: float) -> None:
+        self._pinging.discard(peer_id)
         if evict_check:
             self._handle_outcome(self.table.ping_result(peer_id, alive, now))
         elif alive:

@@ -175,6 +175,7 @@ class Node:
             self.transport,
             database,
             routing_changed,
+            on_address_observed=self._tell("NatTraverser"),
             local=self.config.local,
             bootstrap=self.config.peers,
             refresh_interval=self.config.refresh_interval,
