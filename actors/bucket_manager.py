@@ -183,7 +183,8 @@ class BucketManager(NodeActor):
         now = time.time()
         match message:
             case PeerConnected(peer_id=peer_id, listen_addrs=addrs, remote_host=host):
-                self._handle_observe(self.table.observe(peer_id, addrs, host, now), now)
+                if addrs:  # a peer that announces no address is a client, not a node
+                    self._handle_observe(self.table.observe(peer_id, addrs, host, now), now)
             case InboundRequest(peer_id=peer_id, message=FindNode(target=target), reply=reply):
                 entries = self.table.closest(target, K, exclude=(peer_id,))
                 reply(Nodes([PeerRecord(e.peer_id, list(e.addrs)) for e in entries]))

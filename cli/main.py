@@ -103,6 +103,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     top.set_defaults(handler=cmd_top)
 
+    for verb in ("put", "get"):
+        sub = commands.add_parser(
+            verb,
+            help="store a file on the network"
+            if verb == "put"
+            else "fetch a file by its data address",
+        )
+        if verb == "put":
+            sub.add_argument("file", type=Path, help="the file to store")
+        else:
+            sub.add_argument("address", help="the data address `put` printed (64 hex)")
+            sub.add_argument(
+                "-o", "--output", type=Path, required=True, help="where to write the file"
+            )
+        entry = sub.add_mutually_exclusive_group(required=True)
+        entry.add_argument(
+            "--peer",
+            action="append",
+            metavar="ADDR",
+            help="a node's multiaddr to enter through (repeatable)",
+        )
+        entry.add_argument(
+            "--testnet", type=Path, metavar="DIR", help="enter through the nodes of a local testnet"
+        )
+        sub.add_argument("--quic", choices=["qh3", "aioquic"], default="qh3")
+        sub.add_argument("--json", action="store_true", help="print the result as JSON")
+        sub.add_argument("--quiet", action="store_true", help="no progress bar")
+        sub.set_defaults(handler=cmd_put if verb == "put" else cmd_get)
+
     testnet = commands.add_parser("testnet", help="a local network of node processes on 127.0.0.1")
     testnet_commands = testnet.add_subparsers(
         dest="testnet_command", required=True, metavar="ACTION"
@@ -237,6 +266,89 @@ def cmd_testnet_stop(args: argparse.Namespace) -> int:
 
     count = stop(_testnet_dir(args))
     print(f"stopped {count} nodes")
+    return 0
+
+
+def _entry_peers(args: argparse.Namespace) -> list[str]:
+    if args.peer:
+        return list(args.peer)
+    from cli.testnet import read_manifest
+
+    nodes = read_manifest(args.testnet)
+    return [n.multiaddr for n in nodes[:8]]
+
+
+def _progress(total: int, label: str, quiet: bool) -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=Console(stderr=True),
+        disable=quiet,
+        transient=True,
+    )
+
+
+def cmd_put(args: argparse.Namespace) -> int:
+    import time
+
+    from actors.client import Client
+
+    path: Path = args.file
+    if not path.is_file():
+        raise UsageError(f"{path} is not a readable file")
+    size = path.stat().st_size
+    started = time.monotonic()
+    with (
+        Client(_entry_peers(args), quic=args.quic) as client,
+        _progress(size, "put", args.quiet) as bar,
+    ):
+        task = bar.add_task(f"put {path.name}", total=max(size, 1))
+        address = client.put_file(path, progress=lambda n: bar.advance(task, n))
+    elapsed = time.monotonic() - started
+    if args.json:
+        print(json.dumps({"address": address.hex(), "size": size, "seconds": round(elapsed, 3)}))
+    else:
+        print(f"stored {format_size(size)} in {elapsed:.2f} s; data address:", file=sys.stderr)
+        print(address.hex())
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    import time
+
+    from actors.client import Client
+    from protocol.xor import from_hex
+
+    try:
+        address = from_hex(args.address)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    started = time.monotonic()
+    with (
+        Client(_entry_peers(args), quic=args.quic) as client,
+        _progress(0, "get", args.quiet) as bar,
+    ):
+        task = bar.add_task(f"get {address.hex()[:12]}", total=None)
+        size = client.get_file(address, args.output, progress=lambda n: bar.advance(task, n))
+    elapsed = time.monotonic() - started
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "address": address.hex(),
+                    "size": size,
+                    "output": str(args.output),
+                    "seconds": round(elapsed, 3),
+                }
+            )
+        )
+    else:
+        print(f"wrote {format_size(size)} to {args.output} in {elapsed:.2f} s", file=sys.stderr)
     return 0
 
 

@@ -39,6 +39,8 @@ class AppErrorCode(enum.IntEnum):
     """The peer's address reported the port unreachable (ICMP)."""
     UNRESPONSIVE = 0xA114
     """The peer acknowledged nothing (not even PINGs) for too long."""
+    INTERNAL_ERROR = 0xA115
+    """This node's QUIC stack failed on the connection, which is given up."""
 
 
 class TransportError(Exception):

@@ -14,6 +14,21 @@ client received. ``QuicConnectionAdapter`` hides those differences:
 - the server certificate as this connection saw it: qh3 ``get_peercert()``, aioquic
   the TLS context's parsed peer certificate.
 
+qh3 fix ("reserved stream is missing"): qh3's native core builds packets
+transactionally. A stream frame (new data, a retransmission or PTO probe copy of
+data, a RESET_STREAM or a STOP_SENDING) is first *reserved*; when the congestion
+window closes before the frame is sent, the reservation waits in the core until the
+next ``poll_transmit`` with room. Independently, popping a ``stream_finished`` event
+from the core removes that stream. If a stream finishes while one of its frames is
+reserved (typically: a probe copy or retransmission of a reply waits, and the ACK
+of the original then completes the stream), the next ``poll_transmit`` fails with
+``ValueError: reserved stream is missing`` after it has already consumed the built
+packet, which leaves the connection unusable. ``_Qh3Connection`` therefore pops the
+core's events only when no reservation can be waiting: a reservation waits only
+after a ``poll_transmit`` that found the congestion window full, so events are held
+(left in the core, streams not removed) from a ``datagrams_to_send`` that ends with
+less than one datagram of window until one that ends with more.
+
 Interop fix: aioquic 1.7 pads a client's Initial datagram with zero bytes *after*
 the Initial packet; a qh3 2.1 server then fails with "packet builder capacity
 exhausted" on its first flight. The aioquic backend installs a packet builder that
@@ -64,6 +79,9 @@ GROUP_NAMES: Final[dict[int, str]] = {
     0x0019: "secp521r1",
 }
 POST_QUANTUM_GROUPS: Final = frozenset({0x11EC})
+QH3_LARGEST_DATAGRAM: Final = 1500
+"""An upper bound of the datagram size qh3's core sends with (its path MTU
+discovery stops at 1472 bytes); events are held below this much congestion window."""
 _CURVE_GROUPS: Final = {"secp256r1": 0x0017, "secp384r1": 0x0018, "secp521r1": 0x0019}
 
 Address = tuple[str, int]
@@ -222,6 +240,10 @@ class QuicConnectionAdapter:
     def get_timer(self) -> float | None:
         timer: float | None = self._conn.get_timer()
         return timer
+
+    def has_events(self) -> bool:
+        """Whether ``next_event`` has something (both stacks queue events in ``_events``)."""
+        return bool(self._conn._events)
 
     def handle_timer(self, now: float) -> None:
         self._conn.handle_timer(now=now)
@@ -387,6 +409,37 @@ class QuicBackend(ABC):
         }
 
 
+class _Qh3Connection(Qh3Connection):
+    """qh3's ``QuicConnection`` that pops its core's events only when no stream
+    frame can be waiting in a reservation (see the module docstring)."""
+
+    def __init__(self, *, hold_below: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._hold_below = hold_below
+        self._holding_events = False
+
+    def _drain_core(self) -> None:
+        if not self._holding_events:
+            super()._drain_core()
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
+        datagrams: list[tuple[bytes, Any]] = super().datagrams_to_send(now)
+        core = self._core
+        if core is None:
+            return datagrams
+        # The last poll_transmit returned nothing. It leaves reservations waiting
+        # only when the congestion window had less than a datagram of room (the
+        # core compares with its current datagram size, at most hold_below).
+        self._holding_events = (
+            self._handshake_complete
+            and core.state == "connected"
+            and core.congestion_window - core.bytes_in_flight < self._hold_below
+        )
+        if not self._holding_events:
+            super()._drain_core()
+        return datagrams
+
+
 class Qh3Backend(QuicBackend):
     name: QuicStack = "qh3"
     batch_receive = True
@@ -397,7 +450,6 @@ class Qh3Backend(QuicBackend):
         if stack_log.level == logging.NOTSET:
             stack_log.setLevel(logging.ERROR)
         self._configuration_class = Qh3Configuration
-        self._connection_class = Qh3Connection
         self.pull_server_hello = qh3_tls.pull_server_hello
         self.buffer_class = Qh3Buffer
         # Not QuicConfiguration.load_cert_chain: its PEM splitting corrupts some
@@ -414,10 +466,13 @@ class Qh3Backend(QuicBackend):
         return configuration
 
     def _connection(self, configuration: Any, original_dcid: bytes | None) -> Any:
+        hold_below = max(QH3_LARGEST_DATAGRAM, self.settings.max_datagram_size)
         if original_dcid is None:
-            return self._connection_class(configuration=configuration)
-        return self._connection_class(
-            configuration=configuration, original_destination_connection_id=original_dcid
+            return _Qh3Connection(configuration=configuration, hold_below=hold_below)
+        return _Qh3Connection(
+            configuration=configuration,
+            original_destination_connection_id=original_dcid,
+            hold_below=hold_below,
         )
 
     def peer_certificate_der(self, connection: Any) -> bytes | None:

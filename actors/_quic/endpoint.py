@@ -112,6 +112,8 @@ HANDSHAKE_BACKSTOP: Final = 1.0
 ICMP_MIN_SILENCE: Final = 0.25
 """An ICMP port unreachable closes a connection only if its peer has been silent this
 long (seconds)."""
+SERVICE_ROUNDS: Final = 4
+"""Rounds of handling events and sending for one connection in one flush."""
 CLOSE_LINGER: Final = 2.0
 """A connection this node closed keeps answering its peer's packets (with the
 stack's CONNECTION_CLOSE) this long, in case the first close was lost."""
@@ -149,6 +151,9 @@ class TransportConfig:
     max_connections: int = 4096
     max_datagram_size: int = 1350
     socket_buffer_bytes: int = 4 * 1024 * 1024
+    announce: bool = True
+    """Tell peers our listen addresses. A client does not: peers then know it is no node
+    and keep it out of their routing tables."""
     close_on_port_unreachable: bool = True
     """Close connections whose address answers ICMP port unreachable (a dead peer)."""
 
@@ -193,6 +198,8 @@ class TransportStats(msgspec.Struct):
     busy_rejections: int = 0
     unexpected_streams: int = 0
     port_unreachable: int = 0
+    stack_failures: int = 0
+    """Connections given up because the QUIC stack raised on them."""
 
 
 # -- per-connection and per-request state (loop thread only) --------------------------
@@ -603,7 +610,7 @@ class QuicEndpoint:
             conn.quic.receive_datagrams(datagrams, addr, now)
         except Exception:
             log.exception("QUIC stack failed on datagrams from %s:%d", *addr)
-            self._abort(conn, "QUIC stack error", ConnectionLost("QUIC stack error"))
+            self._stack_failed(conn)
             return
         if conn.state == "ready" and addr != conn.addr:
             log.info("peer %s moved from %s:%d to %s:%d", _short(conn.peer_id), *conn.addr, *addr)
@@ -669,10 +676,13 @@ class QuicEndpoint:
                 self._loop.add_writer(sock.fileno(), self._on_writable)
                 return
             except ConnectionRefusedError:
-                self._drain_error_queue()  # a pending ICMP error; the send itself may work
+                pass  # a pending ICMP error; the send itself may work
             except OSError as exc:
                 log.debug("send to %s:%d failed: %s", addr[0], addr[1], exc)
                 return
+            # outside the except block: what this closes runs callbacks, whose own
+            # errors should not be logged as raised "during" this one
+            self._drain_error_queue()
 
     def _on_writable(self) -> None:
         sock = self._sock
@@ -744,27 +754,52 @@ class QuicEndpoint:
     def _flush(self) -> None:
         """Process events and send datagrams of every connection touched since last time."""
         self._flush_scheduled = False
-        assert self._loop is not None
         while self._dirty:
             conn = next(iter(self._dirty))
             del self._dirty[conn]
             if conn.state == "closed":
                 continue
             try:
-                self._process_events(conn)
-                if _is_closed(conn):
-                    continue
-                now = self._loop.time()
-                for data, addr in conn.quic.datagrams_to_send(now):
-                    self._sendto(data, addr)
-                closing = conn.quic.close_event()
-                if closing is not None:
-                    self._on_terminated(conn, *closing)
-                    continue
-                self._arm_timer(conn)
+                self._service(conn)
             except Exception:
                 log.exception("connection %d failed", conn.id)
-                self._abort(conn, "internal error", ConnectionLost("internal transport error"))
+                self._stack_failed(conn)
+
+    def _service(self, conn: _Conn) -> None:
+        """Handle the connection's events and send what it has to send.
+
+        Sending can release events the stack held back (see ``actors._quic.backend``,
+        qh3), and handling those can give more to send: a few rounds, then the rest
+        waits for the next flush.
+        """
+        assert self._loop is not None
+        for _round in range(SERVICE_ROUNDS):
+            self._process_events(conn)
+            if _is_closed(conn):
+                return
+            for data, addr in conn.quic.datagrams_to_send(self._loop.time()):
+                self._sendto(data, addr)
+            closing = conn.quic.close_event()
+            if closing is not None:
+                self._on_terminated(conn, *closing)
+                return
+            if not conn.quic.has_events():
+                break
+        else:
+            self._touch(conn)
+        self._arm_timer(conn)
+
+    def _stack_failed(self, conn: _Conn) -> None:
+        """The QUIC stack raised on ``conn``: its state cannot be trusted any more.
+        Fail what waits on it at once, tell the peer if the stack still can, and let
+        the next request to the peer dial a new connection."""
+        self.stats.stack_failures += 1
+        self._close(
+            conn,
+            AppErrorCode.INTERNAL_ERROR,
+            "internal error",
+            ConnectionLost("the QUIC stack failed on the connection"),
+        )
 
     def _arm_timer(self, conn: _Conn) -> None:
         assert self._loop is not None
@@ -782,7 +817,12 @@ class QuicEndpoint:
         conn.timer_at = None
         if conn.state == "closed":
             return
-        conn.quic.handle_timer(self._loop.time())
+        try:
+            conn.quic.handle_timer(self._loop.time())
+        except Exception:
+            log.exception("connection %d failed on its timer", conn.id)
+            self._stack_failed(conn)
+            return
         self._touch(conn)
 
     def _process_events(self, conn: _Conn) -> None:
@@ -886,7 +926,8 @@ class QuicEndpoint:
         # The Hello needs no signature: send it now, in the flight of TLS's last
         # message, so both sides get each other's nonce (and sign) at the same time.
         nonce = os.urandom(HANDSHAKE_NONCE_BYTES)
-        hello = hello_message(self.identity, nonce, cert_hash, self.instance, self._listen_addrs)
+        announced = self._listen_addrs if self.config.announce else ()
+        hello = hello_message(self.identity, nonce, cert_hash, self.instance, announced)
         conn.quic.send(conn.hs_send_stream, encode_frame(hello))
         self._tell_handshake(
             BeginHandshake(
@@ -895,7 +936,7 @@ class QuicEndpoint:
                 cert_hash=cert_hash,
                 deadline=deadline,
                 expected_peer_id=conn.expected_peer_id,
-                listen_addrs=self._listen_addrs,
+                listen_addrs=announced,
                 instance=self.instance,
                 nonce=nonce,
                 hello_sent=True,
@@ -1052,6 +1093,9 @@ class QuicEndpoint:
         try:
             for data, addr in conn.quic.datagrams_to_send(now):  # what is queued goes first
                 self._sendto(data, addr)
+        except Exception:
+            log.debug("could not send what connection %d had queued", conn.id, exc_info=True)
+        try:
             conn.quic.close(int(code), reason)
             for data, addr in conn.quic.datagrams_to_send(now):
                 self._sendto(data, addr)
