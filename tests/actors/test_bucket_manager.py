@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import pykka
@@ -12,50 +10,14 @@ import pytest
 
 from actors.handshake import Handshake
 from actors.messages import InboundRequest
-from actors.node import Node, NodeConfig
+from actors.node import Node
 from actors.transport import Transport, TransportConfig
 from protocol.identity import Identity
 from protocol.wire import FindNode, Nodes, PeerRecord
 from protocol.xor import closest
 
-HONEST = 10
 REAL_LIARS: set[bytes] = set()
 """Liars are real, authenticated peers: they may sit in tables; invented ids may not."""
-
-
-@pytest.fixture(scope="module")
-def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Node]]:
-    base = tmp_path_factory.mktemp("net")
-    first = Node(NodeConfig(root_dir=base / "n0", local=True, first=True, control_socket=False))
-    first.start()
-    assert first.transport is not None
-    bootstrap = first.transport.listen_addrs()[0]
-    nodes = [first]
-    try:
-        for i in range(1, HONEST):
-            node = Node(
-                NodeConfig(
-                    root_dir=base / f"n{i}", local=True, peers=(bootstrap,), control_socket=False
-                )
-            )
-            node.start()
-            nodes.append(node)
-        _wait_until_everyone_knows_everyone(nodes)
-        yield nodes
-    finally:
-        for node in nodes:
-            node.stop()
-
-
-def _wait_until_everyone_knows_everyone(nodes: list[Node], timeout: float = 20.0) -> None:
-    """A node that joined a moment ago is not known yet; the tests start once joins settled."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        sizes = [n.status()["routing_table_size"] for n in nodes]
-        if all(size == len(nodes) - 1 for size in sizes):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"routing tables never filled: {sizes}")
 
 
 def _ids(nodes: list[Node]) -> list[bytes]:
