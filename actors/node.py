@@ -28,6 +28,7 @@ from actors.futures import NotifyingFuture
 from actors.handshake import Handshake
 from actors.messages import (
     FindClosest,
+    HoldsChunk,
     InboundRequest,
     RoutingChanged,
     StatusQuery,
@@ -187,7 +188,11 @@ class Node:
         if self.config.control_socket:
             control = ControlServer(
                 self.root_dir,
-                {"status": lambda _request: self.status(), "lookup": self._control_lookup},
+                {
+                    "status": lambda _request: self.status(),
+                    "lookup": self._control_lookup,
+                    "holds": self._control_holds,
+                },
             )
             control.start()
             self._cleanup.append(control.stop)
@@ -280,6 +285,14 @@ class Node:
                 "seconds": done_at.get(i, time.monotonic()) - started,
             }
             for i, (target, future) in enumerate(zip(targets, futures, strict=True))
+        ]
+
+    def _control_holds(self, request: dict[str, Any]) -> list[bool]:
+        """``{"addresses": [hex, ...]}``: which of these chunks this node holds."""
+        keeper = self.refs["ChunkKeeper"]
+        return [
+            bool(keeper.ask(HoldsChunk(from_hex(str(a))), timeout=10))
+            for a in request.get("addresses", [])
         ]
 
     def status(self) -> dict[str, Any]:

@@ -144,6 +144,29 @@ def start(
     return entries
 
 
+def add_nodes(
+    testnet_dir: Path, count: int, timeout: float = 120.0, extra_args: tuple[str, ...] = ()
+) -> list[NodeEntry]:
+    """Start ``count`` more nodes joining through the first one; returns the new entries."""
+    entries = read_manifest(testnet_dir)
+    bootstrap = entries[0].multiaddr
+    deadline = time.monotonic() + timeout
+    roots = [testnet_dir / f"node-{len(entries) + i:02d}" for i in range(count)]
+    procs = [_spawn(root, ["--peer", bootstrap, *extra_args]) for root in roots]
+    added = []
+    try:
+        for proc, root in zip(procs, roots, strict=True):
+            added.append(
+                _entry(_wait_joined(proc, root, need_peers=True, deadline=deadline), root, proc.pid)
+            )
+    except BaseException:
+        for proc in procs:
+            proc.kill()
+        raise
+    write_manifest(testnet_dir, entries + added)
+    return added
+
+
 def _entry(status: dict[str, Any], root: Path, pid: int) -> NodeEntry:
     return NodeEntry(
         peer_id=status["peer_id"],

@@ -11,6 +11,9 @@ import pytest
 
 from cli.testnet import NodeEntry, start, stop
 
+NODE_ARGS = ("--refresh-interval", "10", "--liveness-interval", "1", "--repair-interval", "5")
+"""Short periods, so churn is seen and repaired within a test's patience."""
+
 
 class Testnet:
     __test__ = False
@@ -34,8 +37,7 @@ class Testnet:
 @pytest.fixture(scope="module")
 def testnet_25(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testnet]:
     directory = tmp_path_factory.mktemp("testnet")
-    args = ("--refresh-interval", "10", "--liveness-interval", "1", "--repair-interval", "5")
-    nodes = start(directory, 25, timeout=240, extra_args=args)
+    nodes = start(directory, 25, timeout=240, extra_args=NODE_ARGS)
     try:
         yield Testnet(directory, nodes)
     finally:
