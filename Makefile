@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 NODES ?= 25
 TESTNET_DIR ?= $(CURDIR)/data/testnet
 
-.PHONY: install run test lint typecheck bench system-deps clean
+.PHONY: install run stop test lint typecheck bench system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,10 +29,13 @@ system-deps:
 		fi; \
 	fi
 
+# A local network of $(NODES) node processes, a file put into it and got back, then the
+# live TUI of its first node (q quits the TUI; the network keeps running).
 run: install
-	$(BIN)/autonomi-actors testnet start --nodes $(NODES) --dir $(TESTNET_DIR)
-	@echo "Put a file:  $(BIN)/autonomi-actors put FILE --testnet $(TESTNET_DIR)"
-	@echo "Stop it:     $(BIN)/autonomi-actors testnet stop --dir $(TESTNET_DIR)"
+	$(BIN)/autonomi-actors demo --nodes $(NODES) --dir $(TESTNET_DIR)
+
+stop: install
+	$(BIN)/autonomi-actors testnet stop --dir $(TESTNET_DIR)
 
 lint: install
 	$(BIN)/ruff check .

@@ -132,6 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--quiet", action="store_true", help="no progress bar")
         sub.set_defaults(handler=cmd_put if verb == "put" else cmd_get)
 
+    demo = commands.add_parser(
+        "demo", help="start a local testnet, put a file, get it back, open the TUI"
+    )
+    demo.add_argument("--nodes", type=int, default=25)
+    demo.add_argument(
+        "--dir", type=Path, default=None, help="testnet dir (default: under the user data dir)"
+    )
+    demo.add_argument("--no-tui", action="store_true", help="do not open the TUI at the end")
+    demo.set_defaults(handler=cmd_demo)
+
     testnet = commands.add_parser("testnet", help="a local network of node processes on 127.0.0.1")
     testnet_commands = testnet.add_subparsers(
         dest="testnet_command", required=True, metavar="ACTION"
@@ -267,6 +277,54 @@ def cmd_testnet_stop(args: argparse.Namespace) -> int:
     count = stop(_testnet_dir(args))
     print(f"stopped {count} nodes")
     return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """What `make run` does: a network you can watch, with a file in it."""
+    import filecmp
+    import os
+    import tempfile
+    import time
+
+    from actors.client import Client
+    from cli.testnet import TestnetError, read_manifest, start
+    from cli.testnet import status as testnet_status
+
+    directory = _testnet_dir(args)
+    try:
+        running = all(n["alive"] for n in testnet_status(directory))
+    except TestnetError:
+        running = False
+    if running:
+        print(f"a testnet is already running in {directory}")
+    else:
+        started = time.monotonic()
+        start(directory, args.nodes)
+        print(f"{args.nodes} nodes joined in {time.monotonic() - started:.1f} s ({directory})")
+    nodes = read_manifest(directory)
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "demo.bin"
+        source.write_bytes(os.urandom(5 * 1024 * 1024))
+        with Client([n.multiaddr for n in nodes[:4]], host="127.0.0.1") as client:
+            address = client.put_file(source)
+            print(f"put 5 MiB: data address {address.hex()}")
+            back = Path(tmp) / "back.bin"
+            client.get_file(address, back)
+        same = filecmp.cmp(source, back, shallow=False)
+        print(f"got it back from the network: {'identical' if same else 'DIFFERENT'}")
+    exe = "autonomi-actors"
+    print("try:")
+    print(f"  {exe} put FILE --testnet {directory}")
+    print(f"  {exe} get ADDRESS -o OUT --testnet {directory}")
+    print(f"  {exe} status --root-dir {nodes[0].root_dir}")
+    print(f"  {exe} top --root-dir {nodes[0].root_dir}")
+    print(f"  {exe} testnet stop --dir {directory}")
+    if args.no_tui or not sys.stdout.isatty():
+        return 0 if same else 1
+    from cli.top import run_top
+
+    time.sleep(1.0)
+    return run_top(Path(nodes[0].root_dir), 0.4)
 
 
 def _entry_peers(args: argparse.Namespace) -> list[str]:
