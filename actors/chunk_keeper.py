@@ -4,7 +4,15 @@ A PUT is judged by ``protocol.chunks.check_put`` (size, hash, already held,
 capacity, responsibility, in that order) and stored file-first, metadata second:
 a crash between the two leaves a file without a row, which the restart
 reconciliation adopts after re-checking its hash. A GET re-verifies the bytes; a
-chunk that fails is quarantined, forgotten, and reported so it is fetched again.
+chunk that fails is quarantined, forgotten, and (if this node is responsible for it)
+reported so it is fetched again.
+
+Chunks this node is no longer responsible for are kept as a bounded cache
+(``DemoteChunks`` from the Replicator), apart from the responsible storage: cached
+bytes count against ``cache_size``, not ``max_storage``, and the least recently
+used are deleted past the bound (``protocol.chunk_cache``). Cached chunks are served
+to GETs like responsible ones; a PUT or a claim (``ClaimChunk``) of a cached chunk
+this node is responsible for promotes it back to responsible.
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ from actors.base import NodeActor
 from actors.messages import (
     ChunkLost,
     ChunkStored,
+    ClaimChunk,
+    DemoteChunks,
     HeldChunks,
     HoldsChunk,
     InboundRequest,
@@ -27,9 +37,10 @@ from actors.messages import (
     Tick,
 )
 from persistence.chunk_files import ChunkFiles
-from persistence.database import Database
+from persistence.database import ChunkRecord, Database
 from persistence.errors import ChunkFileError, StorageFull
 from persistence.models import ChunkKind
+from protocol.chunk_cache import DEFAULT_CACHE_BYTES, ChunkCache
 from protocol.chunks import PutContext, PutVerdict, check_put, is_valid_chunk
 from protocol.wire import Chunk, Error, ErrorCode, GetChunk, Message, NotFound, PutAck, PutChunk
 
@@ -65,6 +76,8 @@ class ChunkKeeper(NodeActor):
         max_storage: int,
         on_stored: Callable[[ChunkStored], None] = lambda _event: None,
         on_lost: Callable[[ChunkLost], None] = lambda _event: None,
+        *,
+        cache_size: int = DEFAULT_CACHE_BYTES,
     ) -> None:
         super().__init__()
         self.own_id = own_id
@@ -74,18 +87,33 @@ class ChunkKeeper(NodeActor):
         self.on_stored = on_stored
         self.on_lost = on_lost
         self.known_peers: set[bytes] = set()
+        self.cache = ChunkCache(cache_size)
         self.bytes_stored = 0
+        """Bytes of the chunks this node is responsible for (counted against max_storage)."""
         self.chunk_count = 0
-        self.cached_count = 0
         self.puts = 0
         self.gets = 0
         self.rejected = 0
+        self.cache_hits = 0
+        self.demoted = 0
+        self.promoted = 0
+        self.evicted = 0
+
+    @property
+    def cached_count(self) -> int:
+        return len(self.cache)
+
+    @property
+    def cached_bytes(self) -> int:
+        return self.cache.total_bytes
 
     def on_start(self) -> None:
         totals = self.database.chunk_totals()
-        self.bytes_stored = sum(t.total_bytes for t in totals.values())
+        self.bytes_stored = totals[ChunkKind.RESPONSIBLE].total_bytes
         self.chunk_count = totals[ChunkKind.RESPONSIBLE].count
-        self.cached_count = totals[ChunkKind.CACHE].count
+        # Last use is not persisted: after a restart the oldest stored goes first.
+        cached = self.database.chunks_of_kind(ChunkKind.CACHE)
+        self._evict(self.cache.load((r.address, r.size) for r in cached))
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -100,6 +128,10 @@ class ChunkKeeper(NodeActor):
                 self.known_peers.update(added)
             case HoldsChunk(address=address):
                 return self.database.get_chunk(address) is not None
+            case ClaimChunk(address=address):
+                return self.claim(address)
+            case DemoteChunks(addresses=addresses):
+                return self.demote(addresses)
             case HeldChunks():
                 return self.database.list_chunk_addresses(ChunkKind.RESPONSIBLE)
             case Tick(now=now):
@@ -108,8 +140,14 @@ class ChunkKeeper(NodeActor):
                 return {
                     "chunks": self.chunk_count,
                     "bytes_stored": self.bytes_stored,
-                    "cached_chunks": self.cached_count,
                     "max_storage": self.max_storage,
+                    "cached_chunks": self.cached_count,
+                    "cached_bytes": self.cached_bytes,
+                    "cache_size": self.cache.capacity,
+                    "cache_hits": self.cache_hits,
+                    "cache_evictions": self.evicted,
+                    "chunks_demoted": self.demoted,
+                    "chunks_promoted": self.promoted,
                     "puts": self.puts,
                     "gets": self.gets,
                     "puts_rejected": self.rejected,
@@ -148,12 +186,11 @@ class ChunkKeeper(NodeActor):
             return Error(ErrorCode.INTERNAL, "cannot write the chunk")
         now = time.time()
         if held is not None:  # a cached copy becomes a responsible one
-            self.database.set_chunk_kind(address, ChunkKind.RESPONSIBLE)
-            self.cached_count -= 1
+            self._promote(held)
         else:
             self.database.add_chunk(address, len(content), ChunkKind.RESPONSIBLE, now)
             self.bytes_stored += len(content)
-        self.chunk_count += 1
+            self.chunk_count += 1
         self.database.mark_verified(address, now)
         self.puts += 1
         self.on_stored(ChunkStored(address, len(content)))
@@ -166,22 +203,84 @@ class ChunkKeeper(NodeActor):
             return NotFound(address)
         content = self.files.read(address)
         if content is not None and is_valid_chunk(address, content):
+            if record.kind is ChunkKind.CACHE:
+                self.cache_hits += 1
+                self.cache.touch(address)
             return Chunk(address, content)
         self._lose(address, "missing" if content is None else "corrupted")
         return NotFound(address)
 
-    def _lose(self, address: bytes, why: str) -> None:
-        """Quarantine a bad chunk, forget it, and have it fetched again."""
-        log.warning("chunk %s is %s: quarantined, will be fetched again", address.hex()[:16], why)
+    def claim(self, address: bytes) -> bool:
+        """This node is responsible for ``address``: promote a cached copy; whether it is held."""
         record = self.database.get_chunk(address)
+        if record is None:
+            return False
+        if record.kind is ChunkKind.RESPONSIBLE:
+            return True
+        if self.bytes_stored + record.size > self.max_storage:
+            return True  # no room to promote it: fetching it again would not help either
+        content = self.files.read(address)
+        if content is None or not is_valid_chunk(address, content):
+            self._lose(address, "missing" if content is None else "corrupted")
+            return False
+        self._promote(record)
+        self.database.mark_verified(address, time.time())
+        self.on_stored(ChunkStored(address, record.size))
+        return True
+
+    def demote(self, addresses: tuple[bytes, ...]) -> int:
+        """Keep these responsible chunks as cache (evicting past the bound); how many."""
+        demoted = 0
+        for address in addresses:
+            record = self.database.get_chunk(address)
+            if record is None or record.kind is not ChunkKind.RESPONSIBLE:
+                continue
+            self.database.set_chunk_kind(address, ChunkKind.CACHE)
+            self.chunk_count -= 1
+            self.bytes_stored -= record.size
+            self.demoted += 1
+            demoted += 1
+            self._evict(self.cache.admit(address, record.size))
+        return demoted
+
+    def _promote(self, record: ChunkRecord) -> None:
+        """A cached chunk becomes a responsible one (its bytes were just checked)."""
+        self.database.set_chunk_kind(record.address, ChunkKind.RESPONSIBLE)
+        self.cache.remove(record.address)
+        self.chunk_count += 1
+        self.bytes_stored += record.size
+        self.promoted += 1
+
+    def _evict(self, addresses: list[bytes]) -> None:
+        """Delete cached chunks the cache no longer counts (row first: a file left by a
+        crash in between is an orphan, never a row pointing at nothing)."""
+        for address in addresses:
+            self.database.delete_chunk(address)
+            try:
+                self.files.delete(address)
+            except ChunkFileError as exc:
+                log.warning("cannot delete the evicted chunk %s: %s", address.hex()[:16], exc)
+            self.evicted += 1
+
+    def _lose(self, address: bytes, why: str) -> None:
+        """Quarantine a bad chunk and forget it; a responsible one is fetched again."""
+        record = self.database.get_chunk(address)
+        responsible = record is not None and record.kind is ChunkKind.RESPONSIBLE
+        log.warning(
+            "chunk %s is %s: quarantined%s",
+            address.hex()[:16],
+            why,
+            ", will be fetched again" if responsible else " (it was only cached)",
+        )
         self.files.quarantine(address)
         if self.database.delete_chunk(address) and record is not None:
-            self.bytes_stored -= record.size
-            if record.kind is ChunkKind.RESPONSIBLE:
+            if responsible:
+                self.bytes_stored -= record.size
                 self.chunk_count -= 1
             else:
-                self.cached_count -= 1
-        self.on_lost(ChunkLost(address))
+                self.cache.remove(address)
+        if responsible:
+            self.on_lost(ChunkLost(address))
 
     def audit(self, now: float) -> None:
         """Re-check a few chunks not verified for a while."""

@@ -143,6 +143,23 @@ class HeldChunks:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimChunk:
+    """Ask ChunkKeeper: this node is responsible for the chunk; is it held (responsible or
+    cached)? A cached copy is promoted to responsible on the way (re-verified, within the
+    storage limit), so it need not be fetched. False: fetch it."""
+
+    address: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DemoteChunks(Event):
+    """This node is no longer responsible for these chunks and their close group has
+    acknowledged them: keep them as cache, not as responsible (Replicator -> ChunkKeeper)."""
+
+    addresses: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class StoreChunk:
     """Ask ChunkKeeper to store a chunk fetched by this node; the reply is the wire answer
     a remote PUT would get (``PutAck`` or ``Error``)."""

@@ -42,6 +42,7 @@ from cli.control import ControlServer
 from persistence.chunk_files import ChunkFiles
 from persistence.database import Database, open_database
 from persistence.root_dir import RootDirLock, prepare_root_dir
+from protocol.chunk_cache import DEFAULT_CACHE_BYTES
 from protocol.identity import Identity, load_or_create
 from protocol.lookup import Contact
 from protocol.wire import Error, ErrorCode, FindNode, GetChunk, Message, Offer, PutChunk
@@ -72,6 +73,8 @@ class NodeConfig:
     first: bool = False
     local: bool = False
     max_storage: int = DEFAULT_MAX_STORAGE
+    cache_size: int = DEFAULT_CACHE_BYTES
+    """Bytes of chunks kept as cache (not responsible for), apart from max_storage."""
     quic: QuicStack = "qh3"
     tick_interval: float = 1.0
     refresh_interval: float = 300.0
@@ -148,6 +151,7 @@ class Node:
             self.config.max_storage,
             on_stored=self._tell("Replicator"),
             on_lost=self._tell("Replicator"),
+            cache_size=self.config.cache_size,
         )
         handshake = self._spawn(Handshake, self.identity)
         transport = self._spawn(

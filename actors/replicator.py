@@ -6,6 +6,10 @@
 - An inbound ``Offer`` queues fetches of what this node lacks and is responsible
   for; a chunk lost to corruption is fetched again from its close group.
 - A periodic repair pass re-offers every held chunk, covering what events missed.
+- A held chunk this node is no longer responsible for (pushed out of its close
+  group, with the margin a PUT is accepted within) is handed over: offered to the
+  whole close group and, once every member acknowledged, demoted to the
+  ChunkKeeper's bounded cache (``DemoteChunks``), where it still serves reads.
 
 Fetches go through ``protocol.replication.FetchQueue`` (bounded concurrency and
 bandwidth). A fetched chunk is stored through ChunkKeeper, which re-checks its
@@ -28,10 +32,11 @@ from actors.futures import Outcome, when_done
 from actors.messages import (
     ChunkLost,
     ChunkStored,
+    ClaimChunk,
     CloseGroupChanged,
+    DemoteChunks,
     Event,
     HeldChunks,
-    HoldsChunk,
     InboundRequest,
     RoutingChanged,
     StatusQuery,
@@ -39,7 +44,7 @@ from actors.messages import (
     Tick,
 )
 from protocol.chunks import CLOSE_GROUP_SIZE, RESPONSIBILITY_MARGIN, is_responsible
-from protocol.replication import FetchQueue, holders, offers
+from protocol.replication import FetchQueue, Handover, holders, no_longer_responsible, offers
 from protocol.wire import MAX_OFFER_ADDRESSES, Chunk, GetChunk, Message, Offer, OfferAck, PutAck
 
 log = logging.getLogger(__name__)
@@ -52,6 +57,13 @@ OFFER_TIMEOUT = 10.0
 class _Fetched(Event):
     address: bytes
     source: bytes
+    outcome: Outcome[Message]
+
+
+@dataclass(frozen=True, slots=True)
+class _HandoverOffered(Event):
+    peer: bytes
+    addresses: tuple[bytes, ...]
     outcome: Outcome[Message]
 
 
@@ -75,6 +87,7 @@ class Replicator(NodeActor):
         self.repair_interval = repair_interval
         self.peers: set[bytes] = set()
         self.queue = FetchQueue(max_in_flight=max_in_flight, bytes_per_second=bytes_per_second)
+        self.handover = Handover()
         self._repaired_at = time.time()
         self.offers_sent = 0
         self.offers_received = 0
@@ -90,8 +103,7 @@ class Replicator(NodeActor):
                 self._offer(offers([address], self.own_id, self.peers))
             case CloseGroupChanged(added=added):
                 if added:
-                    held = self._held()
-                    self._offer(offers(held, self.own_id, self.peers, only_to=added))
+                    self._repair(self._held(), only_to=added)
             case ChunkLost(address=address):
                 sources = [
                     p
@@ -103,10 +115,12 @@ class Replicator(NodeActor):
                 reply(OfferAck(self._take_offer(peer_id, addresses)))
             case _Fetched(address=address, source=source, outcome=outcome):
                 self._fetched(address, source, outcome)
+            case _HandoverOffered(peer=peer, addresses=addresses, outcome=outcome):
+                self._handover_offered(peer, addresses, outcome)
             case Tick(now=tick_now):
                 if tick_now - self._repaired_at >= self.repair_interval:
                     self._repaired_at = tick_now
-                    self._offer(offers(self._held(), self.own_id, self.peers))
+                    self._repair(self._held())
             case StatusQuery():
                 return {
                     "replication": {
@@ -117,6 +131,8 @@ class Replicator(NodeActor):
                         "offers_sent": self.offers_sent,
                         "offers_received": self.offers_received,
                         "bad_sources": self.bad_sources,
+                        "handing_over": len(self.handover),
+                        "handed_over": self.handover.completed,
                     }
                 }
             case _:
@@ -127,6 +143,49 @@ class Replicator(NodeActor):
     def _held(self) -> list[bytes]:
         held: list[bytes] = self.keeper.ask(HeldChunks(), block=True, timeout=30)
         return held
+
+    def _repair(self, held: list[bytes], only_to: Sequence[bytes] | None = None) -> None:
+        """Offer held chunks to their close group (or only to ``only_to``); hand over
+        the ones this node is no longer responsible for."""
+        leaving = set(no_longer_responsible(held, self.own_id, self.peers))
+        staying = [a for a in held if a not in leaving]
+        self._offer(offers(staying, self.own_id, self.peers, only_to=only_to))
+        self._hand_over([a for a in held if a in leaving and a not in self.handover])
+
+    def _hand_over(self, addresses: list[bytes]) -> None:
+        """Offer chunks to their whole close group; demote each once all acknowledged."""
+        if not addresses:
+            return
+        plan = offers(addresses, self.own_id, self.peers)
+        offered_to: dict[bytes, list[bytes]] = {}
+        for peer, batch in plan.items():
+            for address in batch:
+                offered_to.setdefault(address, []).append(peer)
+        for address in addresses:
+            self.handover.start(address, offered_to.get(address, ()))
+        for peer, batch in plan.items():
+            for start in range(0, len(batch), MAX_OFFER_ADDRESSES):
+                part = tuple(batch[start : start + MAX_OFFER_ADDRESSES])
+                future = self.remote.request(peer, Offer(list(part)), OFFER_TIMEOUT)
+                self.offers_sent += 1
+                when_done(future, self._tell_handover_offered(peer, part))
+
+    def _tell_handover_offered(
+        self, peer: bytes, addresses: tuple[bytes, ...]
+    ) -> Callable[[Outcome[Message]], None]:
+        ref = self.actor_ref
+        return lambda outcome: ref.tell(_HandoverOffered(peer, addresses, outcome))
+
+    def _handover_offered(
+        self, peer: bytes, addresses: tuple[bytes, ...], outcome: Outcome[Message]
+    ) -> None:
+        if isinstance(outcome.value, OfferAck):
+            ready = self.handover.acknowledged(peer, addresses)
+            if ready:
+                log.info("handed over %d chunks: kept as cache from now on", len(ready))
+                self.keeper.tell(DemoteChunks(tuple(ready)))
+        else:
+            self.handover.failed(peer, addresses)
 
     def _offer(self, plan: dict[bytes, list[bytes]]) -> None:
         for peer, addresses in plan.items():
@@ -147,7 +206,7 @@ class Replicator(NodeActor):
                 self.own_id, address, tuple(self.peers), CLOSE_GROUP_SIZE + RESPONSIBILITY_MARGIN
             ):
                 continue
-            if self.keeper.ask(HoldsChunk(address), block=True, timeout=10):
+            if self.keeper.ask(ClaimChunk(address), block=True, timeout=10):
                 continue
             self.queue.want(address, [peer_id])
             wanted += 1

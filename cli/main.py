@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="storage limit for chunks (default 10GiB)",
     )
     run.add_argument(
+        "--cache-size",
+        type=_size,
+        default="512MiB",
+        help="limit for chunks kept as cache, apart from --max-storage (default 512MiB)",
+    )
+    run.add_argument(
         "--quic", choices=["qh3", "aioquic"], default="qh3", help="QUIC stack (default qh3)"
     )
     run.add_argument(
@@ -182,6 +188,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         first=args.first,
         local=args.local,
         max_storage=args.max_storage,
+        cache_size=args.cache_size,
         quic=args.quic,
         refresh_interval=args.refresh_interval,
         liveness_interval=args.liveness_interval,
@@ -202,6 +209,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for addr in node.status().get("listen_addrs", []):
         log.info("listening on %s", addr)
     log.info("storage limit %s", format_size(config.max_storage))
+    log.info("cache limit %s", format_size(config.cache_size))
     while not stop.wait(0.5):
         pass
     node.stop()

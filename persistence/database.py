@@ -441,6 +441,12 @@ class Database:
             values = {"kind": ChunkKind(kind).value}
             return list(connection.execute(_LIST_CHUNKS_OF_KIND, values).scalars())
 
+    def chunks_of_kind(self, kind: ChunkKind) -> list[ChunkRecord]:
+        """The metadata of every chunk of one kind, oldest stored first."""
+        with self._read() as connection:
+            rows = connection.execute(_CHUNKS_OF_KIND, {"kind": ChunkKind(kind).value})
+            return [_chunk_record(*row) for row in rows]
+
     def chunk_totals(self) -> dict[ChunkKind, ChunkTotals]:
         """Count and bytes of the recorded chunks, for every kind (zeros included)."""
         totals = {kind: ChunkTotals(0, 0) for kind in ChunkKind}
@@ -556,6 +562,11 @@ _SET_CHUNK_KIND = update(_chunks).where(_address_is).values(kind=bindparam("new_
 _MARK_VERIFIED = update(_chunks).where(_address_is).values(last_verified=bindparam("verified_at"))
 _LIST_CHUNKS = select(_chunks.c.address).order_by(_chunks.c.address)
 _LIST_CHUNKS_OF_KIND = _LIST_CHUNKS.where(_chunks.c.kind == bindparam("kind"))
+_CHUNKS_OF_KIND = (
+    select(*_CHUNK_COLUMNS)
+    .where(_chunks.c.kind == bindparam("kind"))
+    .order_by(_chunks.c.stored_at, _chunks.c.address)
+)
 _CHUNK_TOTALS = select(
     _chunks.c.kind, func.count(), func.coalesce(func.sum(_chunks.c.size), 0)
 ).group_by(_chunks.c.kind)

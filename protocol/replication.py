@@ -5,6 +5,12 @@ closest to it. Nodes keep each other complete by *offers*: a holder tells a memb
 "you should hold these", and the member fetches what it lacks. Fetches run through
 ``FetchQueue``, which bounds how many run at once and how many bytes per second
 start, so churn cannot turn into a storm.
+
+A holder pushed out of a chunk's close group (more than ``CLOSE_GROUP_SIZE +
+RESPONSIBILITY_MARGIN`` known peers are closer, the margin a PUT is accepted
+within) *hands it over*: it offers the chunk to the close group, and once every
+member offered to has acknowledged, it keeps the chunk only as cache
+(``Handover``).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from protocol.chunks import CLOSE_GROUP_SIZE
+from protocol.chunks import CLOSE_GROUP_SIZE, RESPONSIBILITY_MARGIN, is_responsible
 from protocol.xor import closest
 
 
@@ -43,6 +49,69 @@ def offers(
             if peer != own_id and (targets is None or peer in targets):
                 result.setdefault(peer, []).append(address)
     return result
+
+
+def no_longer_responsible(
+    addresses: Iterable[bytes],
+    own_id: bytes,
+    peers: Iterable[bytes],
+    places: int = CLOSE_GROUP_SIZE + RESPONSIBILITY_MARGIN,
+) -> list[bytes]:
+    """The ``addresses`` this node is not responsible for among ``peers``: at least
+    ``places`` of them are closer (the same rule and margin as a PUT's acceptance)."""
+    known = tuple(peers)
+    return [a for a in addresses if not is_responsible(own_id, a, known, places)]
+
+
+class Handover:
+    """Chunks being handed over to their close group before this node demotes them.
+
+    ``start`` records whom a chunk was offered to; ``acknowledged`` returns the
+    chunks every one of them has now acknowledged (ready to be demoted to cache); a
+    failed offer abandons the chunk (the next repair pass starts again).
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[bytes, set[bytes]] = {}
+        self.completed = 0
+        self.abandoned = 0
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def __contains__(self, address: object) -> bool:
+        return address in self._waiting
+
+    def start(self, address: bytes, offered_to: Iterable[bytes]) -> bool:
+        """Wait for ``offered_to`` to acknowledge ``address``; False if there is nobody
+        (the chunk cannot be handed over and stays as it is)."""
+        peers = set(offered_to)
+        if not peers:
+            return False
+        self._waiting[address] = peers
+        return True
+
+    def acknowledged(self, peer: bytes, addresses: Iterable[bytes]) -> list[bytes]:
+        """``peer`` acknowledged the offer of ``addresses``; the chunks now fully handed over."""
+        ready: list[bytes] = []
+        for address in addresses:
+            waiting = self._waiting.get(address)
+            if waiting is None:
+                continue
+            waiting.discard(peer)
+            if not waiting:
+                del self._waiting[address]
+                self.completed += 1
+                ready.append(address)
+        return ready
+
+    def failed(self, peer: bytes, addresses: Iterable[bytes]) -> None:
+        """The offer of ``addresses`` to ``peer`` failed: abandon those that waited for it."""
+        for address in addresses:
+            waiting = self._waiting.get(address)
+            if waiting is not None and peer in waiting:
+                del self._waiting[address]
+                self.abandoned += 1
 
 
 @dataclass(slots=True)

@@ -102,6 +102,21 @@ def test_bad_size_is_a_usage_error(tmp_path: Path) -> None:
     assert "not a size" in done.stderr
 
 
+def test_cache_size_is_parsed_like_max_storage(tmp_path: Path) -> None:
+    from cli.main import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["run", "--root-dir", str(tmp_path), "--cache-size", "64MiB"])
+    assert args.cache_size == 64 * 1024**2
+    assert parser.parse_args(["run", "--root-dir", str(tmp_path)]).cache_size == 512 * 1024**2
+    done = subprocess.run(
+        [*CLI, "run", "--root-dir", str(tmp_path), "--cache-size", "big"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "not a size" in done.stderr
+
+
 def test_corrupt_database_is_a_clear_error_and_is_kept(tmp_path: Path) -> None:
     root = tmp_path / "node"
     root.mkdir(mode=0o700)

@@ -339,6 +339,19 @@ def test_batched_adds_follow_the_same_rules(database: Database) -> None:
     assert database.get_chunk(address(3)) == ChunkRecord(address(3), 30, RESPONSIBLE, 2.0, None)
 
 
+def test_chunks_of_one_kind_come_oldest_stored_first(database: Database) -> None:
+    database.add_chunk(address(5), 50, CACHE, now=3.0)
+    database.add_chunk(address(1), 10, CACHE, now=9.0)
+    database.add_chunk(address(2), 20, RESPONSIBLE, now=1.0)
+    database.add_chunk(address(3), 30, CACHE, now=3.0)
+    assert database.chunks_of_kind(CACHE) == [
+        ChunkRecord(address(3), 30, CACHE, 3.0, None),
+        ChunkRecord(address(5), 50, CACHE, 3.0, None),
+        ChunkRecord(address(1), 10, CACHE, 9.0, None),
+    ]
+    assert [r.address for r in database.chunks_of_kind(RESPONSIBLE)] == [address(2)]
+
+
 def test_bad_chunk_arguments_are_refused(database: Database) -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         database.add_chunk(b"\x01" * 31, 1, CACHE, now=1.0)

@@ -65,3 +65,42 @@ def test_fetch_queue_bandwidth_budget() -> None:
     assert queue.next_fetches(0.0) == []
     assert len(queue.next_fetches(0.5)) == 1  # 5 more tokens after half a second
     assert len(queue.next_fetches(10.0)) == 2  # the bucket holds one second's worth at most
+
+
+def test_no_longer_responsible_uses_the_put_margin() -> None:
+    from protocol.chunks import CLOSE_GROUP_SIZE, RESPONSIBILITY_MARGIN
+    from protocol.replication import no_longer_responsible
+    from protocol.xor import distance
+
+    own = bytes(32)
+    address = b"\xf0" + bytes(31)  # far from own: peers with the same top bits are closer
+    places = CLOSE_GROUP_SIZE + RESPONSIBILITY_MARGIN
+    closer = [b"\xf0" + os.urandom(31) for _ in range(places)]
+    farther = [b"\x00" + os.urandom(31) for _ in range(20)]
+    assert all(distance(p, address) < distance(own, address) for p in closer)
+    assert no_longer_responsible([address], own, [*closer[:-1], *farther]) == []
+    assert no_longer_responsible([address], own, [*closer, *farther]) == [address]
+    near = bytes(31) + b"\x01"  # own is the closest of all to this one
+    assert no_longer_responsible([near, address], own, closer) == [address]
+
+
+def test_handover_completes_when_every_member_acknowledged() -> None:
+    from protocol.replication import Handover
+
+    a, b = os.urandom(32), os.urandom(32)
+    p1, p2, p3 = (os.urandom(32) for _ in range(3))
+    handover = Handover()
+    assert handover.start(a, [p1, p2])
+    assert handover.start(b, [p2, p3])
+    assert not handover.start(os.urandom(32), []), "nobody to hand over to"
+    assert len(handover) == 2
+    assert handover.acknowledged(p1, [a]) == []
+    assert handover.acknowledged(p2, [a, b]) == [a]
+    assert a not in handover and b in handover
+    assert handover.acknowledged(p2, [a, b]) == [], "a repeated ack changes nothing"
+    handover.failed(p1, [b])  # p1 was not waited for on b: nothing happens
+    assert b in handover
+    handover.failed(p3, [b])
+    assert b not in handover and len(handover) == 0
+    assert handover.acknowledged(p3, [b]) == [], "an ack after a failure does not demote"
+    assert (handover.completed, handover.abandoned) == (1, 1)
