@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -48,7 +48,8 @@ class ControlServer:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
         try:
-            sock.bind(str(self.path))
+            with _short_path(self.path) as short:
+                sock.bind(short)
         finally:
             os.umask(old_umask)
         os.chmod(self.path, 0o600)
@@ -100,6 +101,27 @@ class ControlServer:
                 conn.sendall(json.dumps(reply).encode())
 
 
+MAX_UNIX_PATH = 100
+"""Unix socket paths are limited to 107 bytes; a root dir may be deeper than that."""
+
+
+@contextlib.contextmanager
+def _short_path(path: Path) -> Iterator[str]:
+    """A path to ``path`` short enough for a Unix socket: itself, or the same name reached
+    through ``/proc/self/fd/N`` of its open directory (Linux)."""
+    if len(os.fsencode(path)) <= MAX_UNIX_PATH:
+        yield str(path)
+        return
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        raise FileNotFoundError(str(path)) from None
+    try:
+        yield f"/proc/self/fd/{dir_fd}/{path.name}"
+    finally:
+        os.close(dir_fd)
+
+
 def _read_all(conn: socket.socket, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
@@ -119,7 +141,8 @@ def request(root_dir: Path, command: str, timeout: float = 10.0, **params: Any) 
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         try:
-            sock.connect(str(path))
+            with _short_path(path) as short:
+                sock.connect(short)
         except (FileNotFoundError, ConnectionRefusedError):
             raise ControlError(f"no node is running on {root_dir} (no answer on {path})") from None
         except OSError as exc:

@@ -41,8 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--root-dir",
         type=Path,
-        required=True,
-        help="where the node keeps its identity, database and chunks",
+        default=None,
+        help="where the node keeps its identity, database and chunks (default: one per PeerId under the user data dir)",
+    )
+    run.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="a TOML file of settings (keys are the flags' names)",
     )
     run.add_argument(
         "--host", default="127.0.0.1", help="IPv4 address to listen on (default 127.0.0.1)"
@@ -95,6 +101,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between replication repair passes (default 120)",
     )
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    run.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="log lines as text (default) or JSON",
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics on 127.0.0.1:PORT/metrics",
+    )
+    run.add_argument(
+        "--tui",
+        action="store_true",
+        help="show the live TUI of this node (logs go to ROOT/logs only)",
+    )
     run.set_defaults(handler=cmd_run)
 
     status = commands.add_parser("status", help="ask a running node how it is doing")
@@ -177,11 +201,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from actors.node import Node, NodeConfig
+    from cli import logs
+    from cli.metrics import MetricsServer
+    from persistence.root_dir import default_root_dir, name_root_dir_by_peer_id, prepare_root_dir
+    from protocol.identity import load_or_create
+
+    root_dir = prepare_root_dir(args.root_dir if args.root_dir is not None else default_root_dir())
+    if args.root_dir is None:
+        identity, _ = load_or_create(root_dir)
+        root_dir = name_root_dir_by_peer_id(root_dir, identity.peer_id_hex)
 
     if not args.first and not args.peer:
         log.info("no --peer given: this node waits for others to join it")
     config = NodeConfig(
-        root_dir=args.root_dir,
+        root_dir=root_dir,
         host=args.host,
         port=args.port,
         peers=tuple(args.peer),
@@ -194,6 +227,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         liveness_interval=args.liveness_interval,
         repair_interval=args.repair_interval,
     )
+    log_file = logs.configure(args.log_level, args.log_format, root_dir)
+    if args.tui:  # the screen belongs to the TUI: log to the file only
+        logging.getLogger().removeHandler(logging.getLogger().handlers[0])
     node = Node(config)
     stop = threading.Event()
 
@@ -204,17 +240,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     node.start()
+    metrics = None
+    try:
+        if args.metrics_port is not None:
+            metrics = MetricsServer(node.status, port=args.metrics_port)
+            metrics.start()
+        _banner(node, config, log_file, metrics)
+        if args.tui:
+            from cli.top import run_top
+
+            run_top(root_dir, 0.4, stop=stop)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        if metrics is not None:
+            metrics.stop()
+        node.stop()
+    log.info("stopped")
+    return 0
+
+
+def _banner(node: Any, config: Any, log_file: Path | None, metrics: Any) -> None:
     assert node.identity is not None
     log.info("node %s running in %s", node.identity.peer_id_hex, node.root_dir)
     for addr in node.status().get("listen_addrs", []):
         log.info("listening on %s", addr)
-    log.info("storage limit %s", format_size(config.max_storage))
-    log.info("cache limit %s", format_size(config.cache_size))
-    while not stop.wait(0.5):
-        pass
-    node.stop()
-    log.info("stopped")
-    return 0
+    log.info(
+        "storage limit %s, cache %s; logs in %s",
+        format_size(config.max_storage),
+        format_size(config.cache_size),
+        log_file,
+    )
+    if metrics is not None:
+        log.info("metrics on http://127.0.0.1:%d/metrics", metrics.port)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -452,6 +510,14 @@ def print_status(status: dict[str, Any]) -> None:
     console.print(table)
 
 
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            sub: argparse.ArgumentParser = action.choices[name]
+            return sub
+    raise KeyError(name)
+
+
 def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
@@ -461,8 +527,21 @@ def configure_logging(level: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging(getattr(args, "log_level", "WARNING"))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        if argv[:1] == ["run"]:
+            from cli.config import apply_defaults
+
+            apply_defaults(_subparser(parser, "run"), argv[1:])
+    except Exception as exc:
+        if _is_user_error(exc):
+            print(f"autonomi-actors: error: {exc}", file=sys.stderr)
+            return 1
+        raise
+    args = parser.parse_args(argv)
+    if args.command != "run":  # run sets up its own logging, with its root dir known
+        configure_logging(getattr(args, "log_level", "WARNING"))
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

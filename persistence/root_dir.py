@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Final
 
+import platformdirs
+
 LOCK_FILE_NAME: Final = "node.lock"
 
 
@@ -47,6 +49,42 @@ class RootDirLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def default_root_dir() -> Path:
+    """The root dir when none is given: ``<user data dir>/nodes/<peer id>``.
+
+    The one node dir there is reused; with none, a new one is made (its name is fixed
+    once the identity exists, see ``name_root_dir_by_peer_id``); with several, the
+    user must choose.
+    """
+    nodes = Path(platformdirs.user_data_dir("autonomi-actors")) / "nodes"
+    existing = (
+        sorted(p for p in nodes.glob("*") if (p / "identity.key").exists())
+        if nodes.is_dir()
+        else []
+    )
+    if len(existing) == 1:
+        return existing[0]
+    if len(existing) > 1:
+        names = ", ".join(p.name[:16] for p in existing)
+        raise RootDirError(
+            f"several nodes live under {nodes} ({names}); choose one with --root-dir"
+        )
+    return nodes / NEW_NODE_DIR_NAME
+
+
+NEW_NODE_DIR_NAME = "new"
+"""A fresh default root dir, renamed to the PeerId once the identity exists."""
+
+
+def name_root_dir_by_peer_id(root_dir: Path, peer_id_hex: str) -> Path:
+    """Rename a fresh default root dir after its PeerId (before anything holds it open)."""
+    if root_dir.name != NEW_NODE_DIR_NAME:
+        return root_dir
+    target = root_dir.with_name(peer_id_hex)
+    os.rename(root_dir, target)
+    return target
 
 
 def prepare_root_dir(root_dir: Path) -> Path:

@@ -131,3 +131,72 @@ def test_corrupt_database_is_a_clear_error_and_is_kept(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "node.sqlite3" in done.stderr and "Traceback" not in done.stderr
     assert (root / "node.sqlite3").read_bytes() == garbage
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_json_logs_rotating_file_metrics_and_default_root_dir(tmp_path: Path) -> None:
+    import urllib.request
+
+    env = {
+        **os.environ,
+        "XDG_DATA_HOME": str(tmp_path / "data"),
+        "AUTONOMI_ACTORS_LOG_FORMAT": "json",
+    }
+    port = _free_port()
+    proc = subprocess.Popen(
+        [*CLI, "run", "--first", "--metrics-port", str(port)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        nodes_dir = tmp_path / "data" / "autonomi-actors" / "nodes"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not list(nodes_dir.glob("*/control.sock")):
+            time.sleep(0.1)
+        (root,) = [p.parent for p in nodes_dir.glob("*/control.sock")]
+        status = wait_for_status(root)
+        assert root.name == status["peer_id"], "the default root dir is named after the PeerId"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+        assert 'autonomi_mailbox_processed_total{actor="BucketManager"}' in text
+        lines = (root / "logs" / "node.log").read_text().splitlines()
+        first = json.loads(lines[0])
+        assert {"time", "level", "logger", "message"} <= set(first)
+        assert any(status["peer_id"] in json.loads(line)["message"] for line in lines)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    # Started again with no --root-dir, it finds its node dir and keeps its identity.
+    again = subprocess.Popen([*CLI, "run"], stderr=subprocess.DEVNULL, env=env)
+    try:
+        assert wait_for_status(root)["peer_id"] == root.name
+    finally:
+        again.terminate()
+        again.wait(timeout=10)
+
+
+def test_config_file_settings_apply(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    root = tmp_path / "from-config"
+    config.write_text(f'root-dir = "{root}"\nfirst = true\nmax-storage = "123MB"\n')
+    proc = subprocess.Popen([*CLI, "run", "--config", str(config)], stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for_status(root)["max_storage"] == 123_000_000
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('colour = "blue"\n')
+    done = subprocess.run(
+        [*CLI, "run", "--config", str(bad)], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 1 and "unknown setting 'colour'" in done.stderr

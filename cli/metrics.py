@@ -1,0 +1,144 @@
+"""Prometheus metrics of a running node, served over HTTP (``run --metrics-port``).
+
+The figures come from the same place as ``status``; the text is the Prometheus
+exposition format (version 0.0.4).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+StatusSource = Callable[[], dict[str, Any]]
+
+
+def _line(name: str, value: float, labels: dict[str, str] | None = None) -> str:
+    if labels:
+        inner = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        return f"{name}{{{inner}}} {value}"
+    return f"{name} {value}"
+
+
+def render(status: dict[str, Any]) -> str:
+    """The exposition text for one ``status`` answer."""
+    out: list[str] = []
+
+    def metric(
+        name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str] | None, float]]
+    ) -> None:
+        out.append(f"# HELP {name} {help_text}")
+        out.append(f"# TYPE {name} {kind}")
+        out.extend(_line(name, value, labels) for labels, value in samples)
+
+    actors = status.get("actors", {})
+    metric(
+        "autonomi_mailbox_depth",
+        "gauge",
+        "Messages waiting in an actor's mailbox.",
+        [({"actor": a}, f["depth"]) for a, f in actors.items()],
+    )
+    metric(
+        "autonomi_mailbox_processed_total",
+        "counter",
+        "Messages an actor has handled.",
+        [({"actor": a}, f["processed"]) for a, f in actors.items()],
+    )
+    metric(
+        "autonomi_mailbox_rate",
+        "gauge",
+        "Messages an actor handled per second, recently.",
+        [({"actor": a}, f["rate"]) for a, f in actors.items()],
+    )
+    metric(
+        "autonomi_mailbox_mean_seconds",
+        "gauge",
+        "Mean time an actor takes per message.",
+        [({"actor": a}, f["mean_ms"] / 1000) for a, f in actors.items()],
+    )
+    kinds: dict[str, int] = {}
+    for connection in status.get("connections", []):
+        how = str(connection.get("how", "direct"))
+        kinds[how] = kinds.get(how, 0) + 1
+    metric(
+        "autonomi_connections",
+        "gauge",
+        "Authenticated connections, by how they were made.",
+        [({"how": k}, n) for k, n in sorted(kinds.items())] or [({"how": "direct"}, 0)],
+    )
+    metric(
+        "autonomi_routing_table_peers",
+        "gauge",
+        "Peers in the routing table.",
+        [(None, status.get("routing_table_size", 0))],
+    )
+    metric(
+        "autonomi_chunks",
+        "gauge",
+        "Chunks held, by kind.",
+        [
+            ({"kind": "responsible"}, status.get("chunks", 0)),
+            ({"kind": "cache"}, status.get("cached_chunks", 0)),
+        ],
+    )
+    metric(
+        "autonomi_bytes_stored",
+        "gauge",
+        "Bytes of chunks this node is responsible for.",
+        [(None, status.get("bytes_stored", 0))],
+    )
+    metric(
+        "autonomi_puts_total", "counter", "Chunks stored by PUTs.", [(None, status.get("puts", 0))]
+    )
+    metric(
+        "autonomi_gets_total", "counter", "GET requests served.", [(None, status.get("gets", 0))]
+    )
+    rejected = status.get("handshake", {}).get("rejected", {})
+    metric(
+        "autonomi_handshake_failures_total",
+        "counter",
+        "Identity handshakes rejected, by reason.",
+        [({"reason": r}, n) for r, n in sorted(rejected.items())] or [({"reason": "none"}, 0)],
+    )
+    return "\n".join(out) + "\n"
+
+
+class MetricsServer:
+    """``GET /metrics`` on ``host:port``, from a thread of its own."""
+
+    def __init__(self, source: StatusSource, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._source = source
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] != "/metrics":
+                    self.send_error(404, "only /metrics is here")
+                    return
+                body = render(source()).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                log.debug("metrics: " + format, *args)
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="metrics", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=2)

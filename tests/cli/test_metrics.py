@@ -1,0 +1,64 @@
+"""Prometheus metrics: the exposition text, and serving it over HTTP."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+
+from cli.metrics import MetricsServer, render
+
+STATUS: dict[str, Any] = {
+    "actors": {
+        "ChunkKeeper": {
+            "depth": 2,
+            "processed": 10,
+            "rate": 1.5,
+            "mean_ms": 4.0,
+            "last_message": "x",
+            "failures": 0,
+        }
+    },
+    "connections": [
+        {"peer_id": "ab", "how": "direct"},
+        {"peer_id": "cd", "how": "relayed"},
+        {"peer_id": "ef"},
+    ],
+    "routing_table_size": 24,
+    "chunks": 7,
+    "cached_chunks": 1,
+    "bytes_stored": 7000,
+    "puts": 9,
+    "gets": 3,
+    "handshake": {"rejected": {"bad_signature": 2}},
+}
+
+
+def test_render_has_every_figure() -> None:
+    text = render(STATUS)
+    assert 'autonomi_mailbox_depth{actor="ChunkKeeper"} 2' in text
+    assert 'autonomi_mailbox_mean_seconds{actor="ChunkKeeper"} 0.004' in text
+    assert 'autonomi_connections{how="direct"} 2' in text
+    assert 'autonomi_connections{how="relayed"} 1' in text
+    assert "autonomi_routing_table_peers 24" in text
+    assert 'autonomi_chunks{kind="responsible"} 7' in text
+    assert "autonomi_bytes_stored 7000" in text
+    assert "autonomi_puts_total 9" in text and "autonomi_gets_total 3" in text
+    assert 'autonomi_handshake_failures_total{reason="bad_signature"} 2' in text
+    for line in text.splitlines():
+        assert line.startswith("#") or len(line.split(" ")) == 2
+
+
+def test_served_over_http() -> None:
+    server = MetricsServer(lambda: STATUS)
+    server.start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as reply:
+            assert reply.headers["Content-Type"].startswith("text/plain")
+            assert "autonomi_routing_table_peers 24" in reply.read().decode()
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/other", timeout=5)
+    finally:
+        server.stop()
