@@ -87,6 +87,8 @@ class ChunkKeeper(NodeActor):
         self.on_stored = on_stored
         self.on_lost = on_lost
         self.known_peers: set[bytes] = set()
+        self._lost_at_start: list[bytes] = []
+        self.reconciled = {"missing": 0, "adopted": 0, "removed": 0}
         self.cache = ChunkCache(cache_size)
         self.bytes_stored = 0
         """Bytes of the chunks this node is responsible for (counted against max_storage)."""
@@ -108,6 +110,7 @@ class ChunkKeeper(NodeActor):
         return self.cache.total_bytes
 
     def on_start(self) -> None:
+        self._reconcile(time.time())
         totals = self.database.chunk_totals()
         self.bytes_stored = totals[ChunkKind.RESPONSIBLE].total_bytes
         self.chunk_count = totals[ChunkKind.RESPONSIBLE].count
@@ -135,6 +138,8 @@ class ChunkKeeper(NodeActor):
             case HeldChunks():
                 return self.database.list_chunk_addresses(ChunkKind.RESPONSIBLE)
             case Tick(now=now):
+                while self._lost_at_start:  # the Replicator is running by the first tick
+                    self.on_lost(ChunkLost(self._lost_at_start.pop()))
                 self.audit(now)
             case StatusQuery():
                 return {
@@ -151,6 +156,7 @@ class ChunkKeeper(NodeActor):
                     "puts": self.puts,
                     "gets": self.gets,
                     "puts_rejected": self.rejected,
+                    "reconciled_at_start": dict(self.reconciled),
                 }
             case _:
                 return super().on_receive(message)
@@ -281,6 +287,32 @@ class ChunkKeeper(NodeActor):
                 self.cache.remove(address)
         if responsible:
             self.on_lost(ChunkLost(address))
+
+    def _reconcile(self, now: float) -> None:
+        """After a restart (perhaps a crash), make metadata and files agree: a row without
+        its file is forgotten and the chunk fetched again; a file without a row is adopted
+        if it hashes to its name, else quarantined."""
+        on_disk = set(self.files.iter_addresses())
+        for address in self.database.list_chunk_addresses():
+            if address in on_disk:
+                on_disk.discard(address)
+                continue
+            record = self.database.get_chunk(address)
+            self.database.delete_chunk(address)
+            if record is not None and record.kind is ChunkKind.RESPONSIBLE:
+                self._lost_at_start.append(address)
+            self.reconciled["missing"] += 1
+        for address in on_disk:
+            content = self.files.read(address)
+            if content is not None and is_valid_chunk(address, content):
+                self.database.add_chunk(address, len(content), ChunkKind.RESPONSIBLE, now)
+                self.database.mark_verified(address, now)
+                self.reconciled["adopted"] += 1
+            else:
+                self.files.quarantine(address)
+                self.reconciled["removed"] += 1
+        if any(self.reconciled.values()):
+            log.warning("chunk files and metadata reconciled: %s", self.reconciled)
 
     def audit(self, now: float) -> None:
         """Re-check a few chunks not verified for a while."""

@@ -12,7 +12,14 @@ import pykka
 import pytest
 
 from actors.chunk_keeper import ChunkKeeper
-from actors.messages import ChunkLost, ChunkStored, InboundRequest, RoutingChanged, StatusQuery
+from actors.messages import (
+    ChunkLost,
+    ChunkStored,
+    InboundRequest,
+    RoutingChanged,
+    StatusQuery,
+    Tick,
+)
 from persistence.chunk_files import ChunkFiles
 from persistence.database import Database, open_database
 from protocol.chunks import chunk_address
@@ -124,3 +131,34 @@ def test_audit_finds_a_chunk_damaged_at_rest(keeper: Harness) -> None:
     keeper.files.path_of(address).write_bytes(b"rot")
     keeper.ref.proxy().audit(1e12).get(timeout=5)  # far in the future: every chunk is due
     assert keeper.lost == [ChunkLost(address)]
+
+
+def test_restart_reconciles_metadata_with_files(tmp_path: Path) -> None:
+    harness = Harness(tmp_path)
+    kept, gone = os.urandom(300), os.urandom(400)
+    for content in (kept, gone):
+        assert isinstance(harness.request(PutChunk(chunk_address(content), content)), PutAck)
+    harness.ref.stop()
+    harness.database.close()
+    # While the node was down: one file lost, one valid file appeared, one bad file appeared.
+    files = ChunkFiles(tmp_path)
+    files.path_of(chunk_address(gone)).unlink()
+    stray = os.urandom(500)
+    files.write(chunk_address(stray), stray)
+    forged = chunk_address(b"something")
+    files.write(forged, b"not that")
+
+    again = Harness(tmp_path)
+    try:
+        status: dict[str, Any] = again.ref.ask(StatusQuery(), block=True, timeout=5)
+        assert status["reconciled_at_start"] == {"missing": 1, "adopted": 1, "removed": 1}
+        assert status["chunks"] == 2 and status["bytes_stored"] == 800
+        assert again.request(GetChunk(chunk_address(stray))) == Chunk(chunk_address(stray), stray)
+        assert again.request(GetChunk(chunk_address(kept))) == Chunk(chunk_address(kept), kept)
+        assert not files.exists(forged)
+        again.ref.tell(Tick(0.0))
+        again.ref.ask(StatusQuery(), timeout=5)
+        assert again.lost == [ChunkLost(chunk_address(gone))], "the lost chunk is fetched again"
+    finally:
+        again.ref.stop()
+        again.database.close()
