@@ -215,6 +215,7 @@ class BucketManager(NodeActor):
                     "buckets": {str(i): n for i, n in sorted(self.table.bucket_sizes().items())},
                     "lookups_running": len(self.jobs),
                     "lookups_done": self.lookups_done,
+                    "routing_table_restored": self.restored,
                 }
             case _:
                 return super().on_receive(message)
