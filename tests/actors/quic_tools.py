@@ -11,6 +11,8 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import heapq
+import random
 import socket
 import threading
 import time
@@ -447,6 +449,57 @@ class UdpForwarder:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(2)
+
+
+class ImpairedForwarder(UdpForwarder):
+    """A ``UdpForwarder`` over a bad path: from a seeded generator, each datagram is
+    lost with probability ``loss`` or held back up to ``jitter`` seconds (so
+    datagrams arrive out of order)."""
+
+    def __init__(self, target: Address, loss: float, jitter: float, seed: int = 1) -> None:
+        self.loss = loss
+        self.jitter = jitter
+        self._rng = random.Random(seed)
+        self._later: list[tuple[float, int, socket.socket, bytes, Address]] = []
+        self._sequence = 0
+        self.lost = 0
+        super().__init__(target)
+
+    def _run(self) -> None:
+        import selectors
+
+        selector = selectors.DefaultSelector()
+        selector.register(self.sock, selectors.EVENT_READ, None)
+        while not self._stop.is_set():
+            now = time.monotonic()
+            while self._later and self._later[0][0] <= now:
+                _, _, sender, data, target = heapq.heappop(self._later)
+                with contextlib.suppress(OSError):
+                    sender.sendto(data, target)
+            wait = 0.05 if not self._later else max(0.0, self._later[0][0] - now)
+            for key, _ in selector.select(wait):
+                receiver: socket.socket = key.fileobj  # type: ignore[assignment]
+                data, addr = receiver.recvfrom(65535)
+                self.forwarded += 1
+                if key.data is None:  # from a client
+                    out = self._upstreams.get(addr)
+                    if out is None:
+                        out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                        out.bind(("127.0.0.1", 0))
+                        self._upstreams[addr] = out
+                        selector.register(out, selectors.EVENT_READ, addr)
+                    target = self.target
+                else:
+                    out, target = self.sock, key.data
+                if self._rng.random() < self.loss:
+                    self.lost += 1
+                    continue
+                self._sequence += 1
+                at = time.monotonic() + self._rng.uniform(0.0, self.jitter)
+                heapq.heappush(self._later, (at, self._sequence, out, data, target))
+        for upstream in self._upstreams.values():
+            upstream.close()
+        self.sock.close()
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> bool:

@@ -24,6 +24,7 @@ from persistence.chunk_files import ChunkFiles
 from persistence.database import Database, open_database
 from protocol.chunks import chunk_address
 from protocol.wire import Chunk, Error, ErrorCode, GetChunk, Message, NotFound, PutAck, PutChunk
+from tests.conftest import MountTmpfs
 
 OWN = bytes(32)
 
@@ -162,3 +163,32 @@ def test_restart_reconciles_metadata_with_files(tmp_path: Path) -> None:
     finally:
         again.ref.stop()
         again.database.close()
+
+
+def test_a_full_disk_fails_the_put_cleanly(tmp_path: Path, mount_tmpfs: MountTmpfs) -> None:
+    """A real full file system under the node (not its storage limit): the PUT is refused
+    with StorageFull, nothing is half-written, and what was stored before is intact."""
+    root = mount_tmpfs(size="2m")
+    harness = Harness(root, max_storage=100 * 2**20)  # the limit would allow it; the disk does not
+    try:
+        stored = []
+        for _ in range(20):
+            content = os.urandom(256 * 1024)
+            reply = harness.request(PutChunk(chunk_address(content), content))
+            if isinstance(reply, Error):
+                assert reply.code is ErrorCode.STORAGE_FULL, reply
+                assert not harness.files.exists(chunk_address(content))
+                assert harness.database.get_chunk(chunk_address(content)) is None
+                break
+            stored.append(content)
+        else:
+            raise AssertionError("a 2 MiB disk took 5 MiB of chunks")
+        assert stored, "some chunks fit before the disk filled"
+        assert not list(root.rglob("*.tmp")), "no temporary file is left behind"
+        for content in stored:
+            assert harness.request(GetChunk(chunk_address(content))) == Chunk(
+                chunk_address(content), content
+            )
+    finally:
+        harness.ref.stop()
+        harness.database.close()

@@ -13,7 +13,7 @@ import pytest
 
 from persistence.chunk_files import ChunkFiles
 from persistence.errors import ChunkFileError, PersistenceError, StorageFull
-from tests.persistence.conftest import MountTmpfs
+from tests.conftest import MountTmpfs
 
 
 def address(n: int) -> bytes:

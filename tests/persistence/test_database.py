@@ -33,7 +33,7 @@ from persistence.errors import (
     SchemaError,
 )
 from persistence.models import Base, ChunkKind
-from tests.persistence.conftest import MountTmpfs
+from tests.conftest import MountTmpfs
 
 RESPONSIBLE = ChunkKind.RESPONSIBLE
 CACHE = ChunkKind.CACHE
