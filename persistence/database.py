@@ -24,14 +24,9 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import sqlalchemy
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util.exc import CommandError
 from sqlalchemy import (
     Connection,
     Engine,
@@ -48,6 +43,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import ConnectionPoolEntry
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 import migrations
 from persistence.errors import (
@@ -155,6 +153,8 @@ def alembic_config(connection: Connection | None = None) -> Config:
     It does not read any ``alembic.ini`` nor depend on the working directory. With
     ``connection``, ``env.py`` migrates through it.
     """
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
     if connection is not None:
@@ -164,6 +164,8 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 def head_revision() -> str:
     """The newest schema revision of the shipped migrations."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     if head is None:  # pragma: no cover - the package always ships revisions
         raise RuntimeError("no migrations found")
@@ -258,6 +260,17 @@ def _check_existing_file(path: Path) -> None:
 
 
 def _upgrade_to_head(engine: Engine, path: Path) -> None:
+    """``alembic upgrade head``, unless the database is at head already (alembic, a large
+    import, is then not loaded at all)."""
+    try:
+        with engine.connect() as connection:
+            if _stored_revision(connection) == migrations.HEAD_REVISION:
+                return
+    except sqlalchemy.exc.DBAPIError as exc:
+        raise _translate(path, exc) from exc
+    from alembic import command
+    from alembic.util.exc import CommandError
+
     try:
         with engine.connect().execution_options(**{_BEGIN_OPTION: "IMMEDIATE"}) as connection:
             command.upgrade(alembic_config(connection), "head")
@@ -265,6 +278,17 @@ def _upgrade_to_head(engine: Engine, path: Path) -> None:
         raise SchemaError(path, f"cannot migrate to the current schema: {exc}") from exc
     except sqlalchemy.exc.DBAPIError as exc:
         raise _translate(path, exc) from exc
+
+
+def _stored_revision(connection: Connection) -> str | None:
+    """The revision recorded in ``alembic_version``, or None for a database without one."""
+    exists = connection.exec_driver_sql(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
+    ).first()
+    if exists is None:
+        return None
+    row = connection.exec_driver_sql("SELECT version_num FROM alembic_version").first()
+    return None if row is None else str(row[0])
 
 
 def _translate(path: Path, exc: sqlalchemy.exc.DBAPIError) -> DatabaseError:
@@ -319,7 +343,7 @@ class Database:
     def schema_revision(self) -> str | None:
         """The alembic revision the database is at."""
         with self._read() as connection:
-            return MigrationContext.configure(connection).get_current_revision()
+            return _stored_revision(connection)
 
     def connection_settings(self) -> dict[str, Any]:
         """The SQLite settings of a pooled connection (journal_mode, synchronous, ...)."""

@@ -133,3 +133,24 @@ def test_operators_can_use_the_alembic_ini_from_any_directory(tmp_path: Path) ->
     unnamed = run_alembic("current", cwd=elsewhere)
     assert unnamed.returncode != 0
     assert "root_dir" in unnamed.stderr
+
+
+def test_head_revision_constant_matches_the_migrations() -> None:
+    import migrations
+    from persistence.database import head_revision
+
+    assert head_revision() == migrations.HEAD_REVISION
+
+
+def test_a_database_at_head_opens_without_loading_alembic(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    open_database(tmp_path).close()  # created and migrated (alembic loaded in this process)
+    probe = (
+        "import sys; from persistence.database import open_database; "
+        f"open_database(__import__('pathlib').Path({str(tmp_path)!r})).close(); "
+        "print('alembic' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
