@@ -73,6 +73,8 @@ class NotifyingFuture(pykka.ThreadingFuture[T]):
 def _run(callback: Callable[[Outcome[T]], None], outcome: Outcome[T]) -> None:
     try:
         callback(outcome)
+    except pykka.ActorDeadError:
+        pass  # the actor that was to hear of it has stopped: nobody is waiting
     except Exception:
         log.exception("future callback failed")
 

@@ -79,9 +79,8 @@ GROUP_NAMES: Final[dict[int, str]] = {
     0x0019: "secp521r1",
 }
 POST_QUANTUM_GROUPS: Final = frozenset({0x11EC})
-QH3_LARGEST_DATAGRAM: Final = 1500
-"""An upper bound of the datagram size qh3's core sends with (its path MTU
-discovery stops at 1472 bytes); events are held below this much congestion window."""
+QH3_PMTU_PROBE_LIMIT: Final = 1472
+"""The largest datagram qh3's client-side path MTU discovery goes up to (IPv4)."""
 _CURVE_GROUPS: Final = {"secp256r1": 0x0017, "secp384r1": 0x0018, "secp521r1": 0x0019}
 
 Address = tuple[str, int]
@@ -245,6 +244,10 @@ class QuicConnectionAdapter:
         """Whether ``next_event`` has something (both stacks queue events in ``_events``)."""
         return bool(self._conn._events)
 
+    def holding_events(self) -> bool:
+        """Whether the stack holds received events back for now (qh3, see above)."""
+        return bool(getattr(self._conn, "_holding_events", False))
+
     def handle_timer(self, now: float) -> None:
         self._conn.handle_timer(now=now)
 
@@ -260,6 +263,12 @@ class QuicConnectionAdapter:
     def next_stream_id(self, unidirectional: bool = False) -> int:
         stream_id: int = self._conn.get_next_available_stream_id(is_unidirectional=unidirectional)
         return stream_id
+
+    def can_open_stream(self) -> bool:
+        """Whether the peer's stream limit lets this side open another bidirectional
+        stream now. qh3 refuses to send on a stream beyond it; aioquic opens the
+        stream blocked and sends once the peer raises the limit."""
+        return self.backend.can_open_stream(self._conn)
 
     # The operations below return False instead of raising when the stack refuses
     # (typically: the peer closed the connection and the event is not yet processed).
@@ -369,6 +378,9 @@ class QuicBackend(ABC):
     @abstractmethod
     def smoothed_rtt(self, connection: Any) -> float | None: ...
 
+    def can_open_stream(self, connection: Any) -> bool:
+        return True
+
     pull_server_hello: Callable[[Any], Any]
     buffer_class: type
 
@@ -429,7 +441,8 @@ class _Qh3Connection(Qh3Connection):
             return datagrams
         # The last poll_transmit returned nothing. It leaves reservations waiting
         # only when the congestion window had less than a datagram of room (the
-        # core compares with its current datagram size, at most hold_below).
+        # core compares with its current datagram size, at most hold_below). Nothing
+        # changes the window until the next datagram received or timer handled.
         self._holding_events = (
             self._handshake_complete
             and core.state == "connected"
@@ -466,13 +479,16 @@ class Qh3Backend(QuicBackend):
         return configuration
 
     def _connection(self, configuration: Any, original_dcid: bytes | None) -> Any:
-        hold_below = max(QH3_LARGEST_DATAGRAM, self.settings.max_datagram_size)
+        # the core's datagram size: the configured one, or what a client's path MTU
+        # discovery found (at most QH3_PMTU_PROBE_LIMIT)
+        largest_datagram = self.settings.max_datagram_size
         if original_dcid is None:
-            return _Qh3Connection(configuration=configuration, hold_below=hold_below)
+            largest_datagram = max(largest_datagram, QH3_PMTU_PROBE_LIMIT)
+            return _Qh3Connection(configuration=configuration, hold_below=largest_datagram)
         return _Qh3Connection(
             configuration=configuration,
             original_destination_connection_id=original_dcid,
-            hold_below=hold_below,
+            hold_below=largest_datagram,
         )
 
     def peer_certificate_der(self, connection: Any) -> bytes | None:
@@ -500,6 +516,14 @@ class Qh3Backend(QuicBackend):
             return None
         rtt: float | None = core.smoothed_rtt
         return rtt
+
+    def can_open_stream(self, connection: Any) -> bool:
+        core = connection._core
+        if core is None or not connection._handshake_complete:
+            return True  # staged until the handshake; not a request stream anyway
+        peer_max_bidi: int = core.stream_limits[0]
+        next_stream: int = connection.get_next_available_stream_id()
+        return next_stream // 4 < peer_max_bidi
 
 
 class AioquicBackend(QuicBackend):

@@ -200,6 +200,9 @@ class TransportStats(msgspec.Struct):
     port_unreachable: int = 0
     stack_failures: int = 0
     """Connections given up because the QUIC stack raised on them."""
+    event_holds: int = 0
+    """Times a connection's stack held received events back (qh3, congestion window
+    full; see ``actors._quic.backend``)."""
 
 
 # -- per-connection and per-request state (loop thread only) --------------------------
@@ -271,6 +274,7 @@ class _Conn:
     requests_served: int = 0
     ping_uids: dict[int, float] = field(default_factory=dict)
     rtt_sample: float | None = None
+    holding_events: bool = False
 
     @property
     def direction(self) -> Direction:
@@ -777,8 +781,15 @@ class QuicEndpoint:
             self._process_events(conn)
             if _is_closed(conn):
                 return
+            peer = self._peers.get(conn.peer_id) if conn.peer_id is not None else None
+            if peer is not None and peer.queue and peer.conn is conn:
+                self._pump(peer)  # the peer may have raised its stream limit
             for data, addr in conn.quic.datagrams_to_send(self._loop.time()):
                 self._sendto(data, addr)
+            holding = conn.quic.holding_events()
+            if holding and not conn.holding_events:
+                self.stats.event_holds += 1
+            conn.holding_events = holding
             closing = conn.quic.close_event()
             if closing is not None:
                 self._on_terminated(conn, *closing)
@@ -1476,6 +1487,8 @@ class QuicEndpoint:
                 self._dial_next(peer, None)
             return
         while peer.queue and peer.in_flight < self.config.max_in_flight_per_peer:
+            if not conn.quic.can_open_stream():
+                return  # the peer's stream limit: wait for its MAX_STREAMS (see _service)
             outbound = peer.queue.popleft()
             if not outbound.done:
                 self._start(conn, peer, outbound)

@@ -3,71 +3,34 @@
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pykka
 import pytest
 
-from actors.chunk_keeper import ChunkKeeper
 from actors.messages import (
-    ChunkLost,
     ChunkStored,
     ClaimChunk,
     DemoteChunks,
     HeldChunks,
     HoldsChunk,
-    InboundRequest,
     StatusQuery,
     StoreChunk,
 )
 from actors.node import Node, NodeConfig
-from persistence.chunk_files import ChunkFiles
-from persistence.database import Database, open_database
 from persistence.models import ChunkKind
 from protocol.chunks import CLOSE_GROUP_SIZE, RESPONSIBILITY_MARGIN, chunk_address
 from protocol.identity import Identity
-from protocol.wire import Chunk, Error, ErrorCode, GetChunk, Message, NotFound, PutAck, PutChunk
+from protocol.wire import Chunk, Error, ErrorCode, GetChunk, NotFound, PutAck, PutChunk
 from protocol.xor import closest
+from tests.actors.keeper_harness import KeeperHarness
 
-OWN = bytes(32)
 
-
-class Keeper:
+class Keeper(KeeperHarness):
     def __init__(self, root: Path, cache_size: int, max_storage: int = 10 * 2**20) -> None:
-        self.database: Database = open_database(root)
-        self.files = ChunkFiles(root)
-        self.stored: list[ChunkStored] = []
-        self.lost: list[ChunkLost] = []
-        self.ref: pykka.ActorRef[Any] = ChunkKeeper.start(
-            OWN,
-            self.database,
-            self.files,
-            max_storage,
-            self.stored.append,
-            self.lost.append,
-            cache_size=cache_size,
-        )
-
-    def request(self, message: Message) -> Message:
-        done = threading.Event()
-        answer: list[Message] = []
-
-        def reply(m: Message) -> None:
-            answer.append(m)
-            done.set()
-
-        self.ref.tell(InboundRequest(b"\x01" * 32, message, reply))
-        assert done.wait(5)
-        return answer[0]
-
-    def put(self, content: bytes) -> bytes:
-        address = chunk_address(content)
-        assert self.request(PutChunk(address, content)) == PutAck(address)
-        return address
+        super().__init__(root, max_storage=max_storage, cache_size=cache_size)
 
     def ask(self, message: Any) -> Any:
         return self.ref.ask(message, block=True, timeout=5)
@@ -79,10 +42,6 @@ class Keeper:
     def kind(self, address: bytes) -> ChunkKind | None:
         record = self.database.get_chunk(address)
         return None if record is None else record.kind
-
-    def close(self) -> None:
-        self.ref.stop()
-        self.database.close()
 
 
 @pytest.fixture

@@ -3,53 +3,26 @@
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pykka
 import pytest
 
-from actors.chunk_keeper import ChunkKeeper
 from actors.messages import (
     ChunkLost,
     ChunkStored,
-    InboundRequest,
     RoutingChanged,
     StatusQuery,
     Tick,
 )
 from persistence.chunk_files import ChunkFiles
-from persistence.database import Database, open_database
 from protocol.chunks import chunk_address
-from protocol.wire import Chunk, Error, ErrorCode, GetChunk, Message, NotFound, PutAck, PutChunk
+from protocol.wire import Chunk, Error, ErrorCode, GetChunk, NotFound, PutAck, PutChunk
+from tests.actors.keeper_harness import KeeperHarness
 from tests.conftest import MountTmpfs
 
-OWN = bytes(32)
-
-
-class Harness:
-    def __init__(self, root: Path, max_storage: int = 10 * 2**20) -> None:
-        self.database: Database = open_database(root)
-        self.files = ChunkFiles(root)
-        self.stored: list[ChunkStored] = []
-        self.lost: list[ChunkLost] = []
-        self.ref: pykka.ActorRef[Any] = ChunkKeeper.start(
-            OWN, self.database, self.files, max_storage, self.stored.append, self.lost.append
-        )
-
-    def request(self, message: Message) -> Message:
-        done = threading.Event()
-        answer: list[Message] = []
-
-        def reply(m: Message) -> None:
-            answer.append(m)
-            done.set()
-
-        self.ref.tell(InboundRequest(b"\x01" * 32, message, reply))
-        assert done.wait(5)
-        return answer[0]
+Harness = KeeperHarness
 
 
 @pytest.fixture

@@ -544,30 +544,30 @@ def _outcome(future: pykka.Future[Message]) -> type:
         return type(exc)
 
 
-@pytest.mark.parametrize("stack", ["qh3", "aioquic"])
+@pytest.mark.parametrize(("stack", "count"), [("qh3", 500), ("aioquic", 200)])
 def test_many_requests_and_cancels_over_a_lossy_reordering_path(
-    nodes: list[LiveNode], stack: QuicStack
+    nodes: list[LiveNode], stack: QuicStack, count: int
 ) -> None:
     """Regression: qh3 raised "reserved stream is missing" and the connection was
     closed, failing every request on it, when a stream finished while one of its
     frames (a retransmission, a RESET_STREAM, a STOP_SENDING) waited for window.
 
-    The bulk goes one way (large replies): with large data both ways on a lossy path,
+    The requests are small and the replies large: with large data both ways on a lossy path,
     two qh3 ends can both wait for window and, while they do, send no ACKs, so the
     connection advances only at probe timeouts (a qh3 limitation, see the report)."""
     store = ChunkStore()
     a = start_node(stack=stack)
     b = start_node(stack=stack, dispatch=store, max_inbound_per_peer=24)
     nodes += [a, b]
-    contents = [os.urandom(2000), os.urandom(20_000)]
+    contents = [os.urandom(600), os.urandom(20_000)]
     for content in contents:
         store.chunks[blake3(content).digest()] = content
-    path = ImpairedForwarder(b.handle.local_address, loss=0.04, jitter=0.005)
+    path = ImpairedForwarder(b.handle.local_address, loss=0.03, jitter=0.005)
     try:
         host, port = path.address
         a.handle.dial(f"/ip4/{host}/udp/{port}/quic-v1/p2p/{b.peer_id.hex()}").get(timeout=10)
         futures = []
-        for i in range(300):
+        for i in range(count):
             content = contents[i % 2]
             address = blake3(content).digest()
             message = (PutChunk(address, content), GetChunk(address), FindNode(address))[
@@ -579,7 +579,7 @@ def test_many_requests_and_cancels_over_a_lossy_reordering_path(
         # BUSY refusals (RemoteError) and the short deadlines (RequestTimeout), but
         # no ConnectionLost
         assert set(outcomes) <= {Chunk, Nodes, PutAck, RequestTimeout, RemoteError}, outcomes
-        assert outcomes[Chunk] + outcomes[Nodes] + outcomes[PutAck] > 150, outcomes
+        assert outcomes[Chunk] + outcomes[Nodes] + outcomes[PutAck] > count // 2, outcomes
         assert path.lost > 0
         for node in (a, b):
             stats = node.handle.stats()
