@@ -175,6 +175,8 @@ class ConnectionInfo(msgspec.Struct, frozen=True):
     requests_in_flight: int
     requests_sent: int
     requests_served: int
+    how: str = "direct"
+    """How the connection was made: ``direct`` (hole punching and relays are not built yet)."""
 
 
 class TransportStats(msgspec.Struct):
