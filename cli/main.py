@@ -250,6 +250,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             from cli.top import run_top
 
             run_top(root_dir, 0.4, stop=stop)
+            stop.set()  # q in the TUI of `run --tui` stops the node too
         while not stop.wait(0.5):
             pass
     finally:

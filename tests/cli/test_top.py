@@ -347,7 +347,10 @@ class Tmux:
         )
 
     def start_top(self, root: Path, interval: float = 0.3) -> None:
-        top = shlex.join([*CLI, "top", "--root-dir", str(root), "--interval", str(interval)])
+        self.start([*CLI, "top", "--root-dir", str(root), "--interval", str(interval)])
+
+    def start(self, argv: list[str]) -> None:
+        top = shlex.join(argv)
         # bash runs top, then records its exit status and the terminal mode it left behind.
         # COLUMNS/LINES (bash may export stale ones) would override the pane's real size.
         script = (
@@ -497,3 +500,14 @@ def test_top_waits_for_the_node_and_survives_its_restart(tmp_path: Path, tmux: T
         late.stop()
     tmux.tmux("send-keys", "-t", "top", "q")
     assert tmux.wait_until_top_ended() == 0
+
+
+def test_run_tui_shows_the_node_and_q_stops_it(tmp_path: Path, tmux: Tmux) -> None:
+    root = tmp_path / "node"
+    tmux.start([*CLI, "run", "--root-dir", str(root), "--first", "--tui"])
+    screen = tmux.wait_for(lambda s: "BucketManager" in s and "q quits" in s, timeout=30)
+    assert "INFO" not in screen, "log lines must not write over the TUI"
+    tmux.tmux("send-keys", "-t", "top", "q")
+    assert tmux.wait_until_top_ended(timeout=15) == 0
+    assert not (root / "control.sock").exists(), "the node stopped with its TUI"
+    assert "running in" in (root / "logs" / "node.log").read_text()
