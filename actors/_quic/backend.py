@@ -47,14 +47,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Final, Literal
 
-import aioquic.quic.connection as aioquic_connection
-from aioquic import tls as aioquic_tls
-from aioquic._buffer import Buffer as AioquicBuffer
-from aioquic.quic import events as aioquic_events
-from aioquic.quic.configuration import QuicConfiguration as AioquicConfiguration
-from aioquic.quic.connection import QuicConnection as AioquicConnection
-from aioquic.quic.packet import QuicPacketType as AioquicPacketType
-from aioquic.quic.packet_builder import QuicPacketBuilder as AioquicPacketBuilder
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -530,6 +522,13 @@ class AioquicBackend(QuicBackend):
     name: QuicStack = "aioquic"
 
     def _load(self) -> None:
+        # aioquic is imported only by nodes that select it (about 9 MB per process).
+        from aioquic import tls as aioquic_tls
+        from aioquic._buffer import Buffer as AioquicBuffer
+        from aioquic.quic import events as aioquic_events
+        from aioquic.quic.configuration import QuicConfiguration as AioquicConfiguration
+        from aioquic.quic.connection import QuicConnection as AioquicConnection
+
         _install_initial_padding_fix()
         self._configuration_class = AioquicConfiguration
         self._connection_class = AioquicConnection
@@ -587,6 +586,9 @@ def _install_initial_padding_fix() -> None:
     global _padding_fix_installed  # noqa: PLW0603
     if _padding_fix_installed:
         return
+    import aioquic.quic.connection as aioquic_connection
+    from aioquic.quic.packet import QuicPacketType as AioquicPacketType
+    from aioquic.quic.packet_builder import QuicPacketBuilder as AioquicPacketBuilder
 
     class InitialPaddingBuilder(AioquicPacketBuilder):
         def _end_packet(self) -> None:
