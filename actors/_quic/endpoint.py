@@ -1430,41 +1430,34 @@ class QuicEndpoint:
         if stream_id & 2:
             return
         if conn.locally_initiated(stream_id):
-            outbound = conn.outbound.get(stream_id)
-            if outbound is not None:
-                self._finish_outbound(
-                    outbound,
-                    error=RemoteError(
-                        error_code_of_reset(code), f"stream reset with code {code:#x}"
-                    ),
-                )
-            return
-        inbound = conn.inbound.pop(stream_id, None)
-        if inbound is not None:
-            if inbound.timer is not None:
-                inbound.timer.cancel()
-            conn.recently_closed.append(stream_id)
+            self._fail_outbound(conn, stream_id, code, f"stream reset with code {code:#x}")
+        elif self._forget_inbound(conn, stream_id):
             self._maybe_close_drained(conn)
 
     def _on_stop_sending(self, conn: _Conn, stream_id: int, code: int) -> None:
         if stream_id & 2 or conn.locally_initiated(stream_id):
-            outbound = conn.outbound.get(stream_id)
-            if outbound is not None:
-                self._finish_outbound(
-                    outbound,
-                    error=RemoteError(
-                        error_code_of_reset(code), f"peer stopped stream ({code:#x})"
-                    ),
-                )
-            return
-        inbound = conn.inbound.pop(stream_id, None)
-        if inbound is not None:
-            if inbound.timer is not None:
-                inbound.timer.cancel()
-            conn.recently_closed.append(stream_id)
+            self._fail_outbound(conn, stream_id, code, f"peer stopped stream ({code:#x})")
+        elif self._forget_inbound(conn, stream_id):
             conn.quic.reset_stream(stream_id, int(AppErrorCode.CANCELLED))
             self._touch(conn)
             self._maybe_close_drained(conn)
+
+    def _fail_outbound(self, conn: _Conn, stream_id: int, code: int, why: str) -> None:
+        """The peer refused our request's stream: its caller gets a ``RemoteError``."""
+        outbound = conn.outbound.get(stream_id)
+        if outbound is not None:
+            self._finish_outbound(outbound, error=RemoteError(error_code_of_reset(code), why))
+
+    @staticmethod
+    def _forget_inbound(conn: _Conn, stream_id: int) -> bool:
+        """Forget a request the peer gave up on; False if it was not pending."""
+        inbound = conn.inbound.pop(stream_id, None)
+        if inbound is None:
+            return False
+        if inbound.timer is not None:
+            inbound.timer.cancel()
+        conn.recently_closed.append(stream_id)
+        return True
 
     # -- outbound requests ----------------------------------------------------------------
 
