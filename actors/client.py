@@ -37,7 +37,7 @@ from typing import Any, Final
 import pykka
 
 from actors._quic.endpoint import TransportConfig
-from actors.futures import NotifyingFuture, Outcome
+from actors.futures import Outcome, when_done
 from actors.handshake import Handshake
 from actors.transport import Transport, TransportHandle
 from protocol.chunks import CLOSE_GROUP_SIZE, chunk_address, is_valid_chunk
@@ -157,7 +157,7 @@ class Client:
                 future = self.transport.request(
                     contact.peer_id, FindNode(target), QUERY_TIMEOUT, contact.addrs
                 )
-                _on_done(future, partial(_deliver, answers, contact.peer_id))
+                when_done(future, partial(_deliver, answers, contact.peer_id))
             if lookup.done or lookup.in_flight == 0:
                 break
             wake = lookup.next_timeout()
@@ -365,8 +365,3 @@ def _deliver(
     answers: queue.Queue[tuple[bytes, Outcome[Message]]], peer_id: bytes, outcome: Outcome[Message]
 ) -> None:
     answers.put((peer_id, outcome))
-
-
-def _on_done(future: pykka.Future[Message], callback: Callable[[Outcome[Message]], None]) -> None:
-    assert isinstance(future, NotifyingFuture)
-    future.add_done_callback(callback)

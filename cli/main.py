@@ -519,14 +519,6 @@ def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentP
     raise KeyError(name)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -542,7 +534,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
     args = parser.parse_args(argv)
     if args.command != "run":  # run sets up its own logging, with its root dir known
-        configure_logging(getattr(args, "log_level", "WARNING"))
+        from cli import logs
+
+        logs.configure(getattr(args, "log_level", "WARNING"))
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

@@ -51,11 +51,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from protocol.chunks import CLOSE_GROUP_SIZE
+from protocol.routing import K
 from protocol.xor import ADDRESS_BYTES
 
 ALPHA: Final = 3
-K: Final = 20
-CLOSE_GROUP_SIZE: Final = 5
 QUERY_TIMEOUT: Final = 1.0
 """Seconds after which an unanswered query is slow and frees its slot."""
 REPLY_SCAN_LIMIT: Final = 64
