@@ -39,6 +39,7 @@ import pykka
 from actors._quic.endpoint import TransportConfig
 from actors.futures import Outcome, when_done
 from actors.handshake import Handshake
+from actors.nat_traverser import NatConfig, NatTraverser, nat_hooks
 from actors.transport import Transport, TransportHandle
 from protocol.chunks import CLOSE_GROUP_SIZE, chunk_address, is_valid_chunk
 from protocol.errors import TransportError
@@ -83,15 +84,28 @@ class Client:
         self._known: dict[bytes, tuple[str, ...]] = {}
         self._known_lock = threading.Lock()
         self._handshake: pykka.ActorRef[Any] = Handshake.start(self.identity)
+        # Nodes behind NAT are reached by hole punching or a relay: a NatTraverser
+        # that only dials (a client is never a relay and announces nothing).
+        nat_ref: list[pykka.ActorRef[Any]] = []
+
+        def tell_nat(message: Any) -> None:
+            if nat_ref:
+                with contextlib.suppress(pykka.ActorDeadError):
+                    nat_ref[0].tell(message)
+
         try:
             config = TransportConfig(host=host, port=0, quic=quic, announce=False)  # type: ignore[arg-type]
             self._transport_ref: pykka.ActorRef[Any] = Transport.start(
-                self.identity, self._handshake, config
+                self.identity, self._handshake, config, **nat_hooks(tell_nat)
             )
         except BaseException:
             self._handshake.stop()
             raise
         self.transport: TransportHandle = Transport.handle_of(self._transport_ref)
+        self._nat: pykka.ActorRef[Any] = NatTraverser.start(
+            self.transport, NatConfig(announce=False, serve_relay=False)
+        )
+        nat_ref.append(self._nat)
         self._pool = ThreadPoolExecutor(
             max_workers=max(2, parallel * 2), thread_name_prefix="client"
         )
@@ -111,7 +125,7 @@ class Client:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
-        for ref in (self._transport_ref, self._handshake):
+        for ref in (self._nat, self._transport_ref, self._handshake):
             with contextlib.suppress(pykka.ActorDeadError):
                 ref.stop(timeout=10)
 

@@ -116,6 +116,32 @@ class AddressObserved(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class ProbeArrived(Event):
+    """A dial-back probe with this nonce reached the node's socket (from the Transport)."""
+
+    nonce: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReachPeer(Event):
+    """The Transport could not reach the peer directly: punch or relay (NatTraverser)."""
+
+    peer_id: bytes
+    relayed: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectPeer(Event):
+    """Reach the peer through the whole cascade; ``on_done`` gets the ``CascadeResult``."""
+
+    peer_id: bytes
+    addrs: tuple[str, ...]
+    on_done: Callable[[Any], None] = field(repr=False)
+    fresh: bool = False
+    """Close an existing connection first (to measure a new one)."""
+
+
+@dataclass(frozen=True, slots=True)
 class ChunkStored(Event):
     """A chunk this node is responsible for was stored (ChunkKeeper -> Replicator)."""
 

@@ -1,27 +1,675 @@
-"""NatTraverser: what the network sees of this node, and whether it can be reached directly."""
+"""NatTraverser: what the network sees of this node, whether strangers can reach it,
+and how to reach peers behind NAT.
+
+- **Reachability.** It asks connected peers for dial-backs (``DialBack``): the helper
+  sends a probe, from a port this node never contacted, to the address it sees the
+  node at. Probes arriving: PUBLIC; helpers whose probes never come: PRIVATE
+  (``protocol.nat.ReachabilityCheck``).
+- **Relay reservation.** A PRIVATE node reserves a slot on a public peer it dialled,
+  keeps that connection alive, and announces only its circuit address
+  ``/ip4/R/udp/P/quic-v1/p2p/<relay>/p2p-circuit/p2p/<self>`` (``Announce`` to the
+  peers it is connected to, ``Hello`` to new ones).
+- **The dial cascade** (``protocol.nat.DialCascade``): direct, then a hole punch
+  coordinated by the peer's relay, then a circuit through that relay. The Transport
+  hands it peers whose direct addresses failed; ``connect`` runs it from the top.
+- **Serving others**: dial-backs, punch coordination, relaying (the relay's datagram
+  forwarding itself runs in the Transport's loop; this actor grants reservations and
+  opens circuits).
+"""
 
 from __future__ import annotations
 
+import itertools
+import logging
+import os
+import socket
 import time
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, TypedDict
 
+from actors._quic.endpoint import CascadeSink, ControlSink
 from actors.base import NodeActor
-from actors.messages import AddressObserved, StatusQuery
-from protocol.nat import NatStatus
+from actors.futures import Outcome, when_done
+from actors.messages import (
+    AddressObserved,
+    ConnectPeer,
+    InboundRequest,
+    PeerDisconnected,
+    ProbeArrived,
+    ReachPeer,
+    StatusQuery,
+    Tick,
+)
+from actors.transport import TransportHandle
+from protocol.errors import PeerUnreachable
+from protocol.multiaddr import MultiaddrError, format_multiaddr, parse_multiaddr
+from protocol.nat import (
+    NONCE_BYTES,
+    Attempt,
+    CascadeAction,
+    CascadeTimeouts,
+    Connected,
+    ControlKind,
+    DialCascade,
+    DialDirect,
+    GaveUp,
+    How,
+    NatStatus,
+    PunchVia,
+    Reachability,
+    ReachabilityCheck,
+    RelayVia,
+    control_datagram,
+)
+from protocol.relay import Refused
+from protocol.wire import (
+    Announce,
+    DialBack,
+    Error,
+    ErrorCode,
+    Message,
+    Ok,
+    Ping,
+    PunchNotify,
+    PunchReply,
+    PunchRequest,
+    RelayCircuit,
+    RelayConnect,
+    RelayIncoming,
+    RelayReserve,
+    RelayReserved,
+)
+
+log = logging.getLogger(__name__)
+
+DIAL_BACK_PROBES: Final = 3
+DIAL_BACK_MIN_INTERVAL: Final = 5.0
+"""Seconds between two dial-backs this node sends for one peer (no probe storms)."""
+COORDINATION_TIMEOUT: Final = 3.0
+RESERVE_RETRY: Final = 10.0
+
+
+@dataclass(frozen=True)
+class NatConfig:
+    announce: bool = True
+    """A node (True) checks its reachability and takes a relay when behind NAT; a
+    client (False) only dials."""
+    serve_relay: bool = True
+    """Relay and coordinate for others when this node is public."""
+    timeouts: CascadeTimeouts = field(default_factory=CascadeTimeouts)
+    dial_back_wait: float = 2.0
+    punch: bool = True
+    """Try hole punching before a relay (off: straight to the relay)."""
+    reachability: Reachability | None = None
+    """Take this verdict instead of checking (an operator who knows; tests)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CascadeResult:
+    """What ``connect`` prints."""
+
+    peer_id: str
+    connected: bool
+    how: str | None
+    connect_ms: float
+    rtt_ms: float | None
+    attempts: list[Attempt]
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "peer_id": self.peer_id,
+            "connected": self.connected,
+            "how": self.how,
+            "connect_ms": self.connect_ms,
+            "rtt_ms": self.rtt_ms,
+            "attempts": [_attempt(a) for a in self.attempts],
+            "error": self.error,
+        }
+
+
+def _attempt(attempt: Attempt) -> dict[str, Any]:
+    return {
+        "step": attempt.step,
+        "via": attempt.via,
+        "outcome": attempt.outcome,
+        "seconds": attempt.seconds,
+    }
+
+
+@dataclass
+class _Job:
+    id: int
+    peer_id: bytes
+    cascade: DialCascade
+    started: float
+    from_transport: bool
+    waiters: list[Callable[[CascadeResult], None]] = field(default_factory=list)
+
+
+# -- internal messages (results of remote calls, told back to the actor) ---------------
+
+
+@dataclass(frozen=True, slots=True)
+class _StepDone:
+    job_id: int
+    step: int
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _PunchAnswered:
+    job_id: int
+    step: int
+    outcome: Outcome[Message]
+
+
+@dataclass(frozen=True, slots=True)
+class _CircuitAnswered:
+    job_id: int
+    step: int
+    relay_id: bytes
+    outcome: Outcome[Message]
+
+
+@dataclass(frozen=True, slots=True)
+class _RttMeasured:
+    job_id: int
+    result: CascadeResult
+    outcome: Outcome[Message]
+    sent: float
+
+
+@dataclass(frozen=True, slots=True)
+class _DialBackAnswered:
+    nonce: bytes
+    outcome: Outcome[Message]
+
+
+@dataclass(frozen=True, slots=True)
+class _ReserveAnswered:
+    relay_id: bytes
+    outcome: Outcome[Message]
+
+
+@dataclass(frozen=True, slots=True)
+class _Forwarded:
+    """A coordinator's or relay's call to the target came back: answer the initiator."""
+
+    request: InboundRequest
+    outcome: Outcome[Message]
+    answer: Message
+    circuit: int | None = None
 
 
 class NatTraverser(NodeActor):
     name = "NatTraverser"
 
-    def __init__(self, listen_addrs: tuple[str, ...] = ()) -> None:
+    def __init__(self, transport: TransportHandle, config: NatConfig | None = None) -> None:
         super().__init__()
-        self.nat = NatStatus(listen_addrs)
+        self.transport = transport
+        self.config = config or NatConfig()
+        self.own_id = transport.peer_id
+        self.nat = NatStatus(tuple(transport.listen_addrs()))
+        self.check = ReachabilityCheck(self.nat, wait=self.config.dial_back_wait)
+        if self.config.reachability is not None:
+            self.nat.reachability = self.config.reachability
+        self._jobs: dict[int, _Job] = {}
+        self._job_ids = itertools.count(1)
+        self._relay: bytes | None = None
+        self._relay_renew_at = 0.0
+        self._reserving: bytes | None = None
+        self._refused_relays: dict[bytes, float] = {}
+        self._dial_backs_sent: dict[bytes, float] = {}
+        self.figures = {"cascades": 0, "direct": 0, "punched": 0, "relayed": 0, "failed": 0}
+
+    # -- messages ----------------------------------------------------------------------
 
     def on_receive(self, message: Any) -> Any:
+        now = time.monotonic()
         match message:
             case AddressObserved(address=address, reporter=reporter):
                 self.nat.observe(address, reporter, time.time())
-                return None
+            case ProbeArrived(nonce=nonce):
+                if self.check.probe_received(nonce, now):
+                    self._reachability_changed()
+            case Tick():
+                self._tick(now)
+            case ReachPeer(peer_id=peer_id, relayed=circuits):
+                self._start_job(peer_id, [], list(circuits), None, from_transport=True)
+            case ConnectPeer(peer_id=peer_id, addrs=addrs, on_done=on_done, fresh=fresh):
+                if fresh:
+                    self.transport.disconnect(peer_id)
+                direct = [a for a in addrs if "/p2p-circuit" not in a]
+                relayed = [a for a in addrs if "/p2p-circuit" in a]
+                self._start_job(peer_id, direct, relayed, on_done, from_transport=False)
+            case PeerDisconnected(peer_id=peer_id):
+                if peer_id == self._relay:
+                    log.info("lost the relay %s: looking for another", peer_id.hex()[:12])
+                    self._relay = None
+                    self._announce()
+            case InboundRequest():
+                self._serve(message, now)
+            case _StepDone():
+                self._step_done(message, now)
+            case _PunchAnswered():
+                self._punch_answered(message, now)
+            case _CircuitAnswered():
+                self._circuit_answered(message, now)
+            case _RttMeasured():
+                self._rtt_measured(message)
+            case _DialBackAnswered(nonce=nonce, outcome=outcome):
+                if outcome.error is not None:
+                    log.debug("dial-back helper failed: %s", outcome.error)
+                    self.check.helper_failed(nonce)
+            case _ReserveAnswered():
+                self._reserve_answered(message, now)
+            case _Forwarded():
+                self._forwarded(message)
             case StatusQuery():
-                return {"nat": self.nat.as_status()}
-        return super().on_receive(message)
+                return {"nat": self._status()}
+            case _:
+                return super().on_receive(message)
+        return None
+
+    def _status(self) -> dict[str, Any]:
+        status = self.nat.as_status()
+        status["relay"] = None if self._relay is None else self._relay.hex()
+        status["announced_addrs"] = self.transport.announced_addrs()
+        status["relaying"] = self.transport.relay_status()
+        status["cascades"] = dict(self.figures)
+        return status
+
+    # -- reachability and the relay reservation ----------------------------------------
+
+    def _tick(self, now: float) -> None:
+        if not self.config.announce:
+            return
+        if self.check.expire(now):
+            self._reachability_changed()
+        if self.config.reachability is None and self.check.due(now):
+            helper = self.check.choose_helper(self.transport.connected_peers())
+            if helper is not None:
+                nonce = os.urandom(NONCE_BYTES)
+                self.check.started(nonce, helper, now)
+                future = self.transport.request(helper, DialBack(nonce), timeout=5.0)
+                when_done(future, lambda o: self._tell(_DialBackAnswered(nonce, o)))
+        if self.nat.reachability is Reachability.PRIVATE:
+            if self._relay is None and self._reserving is None:
+                self._reserve(now)
+            elif self._relay is not None and now >= self._relay_renew_at:
+                self._reserving = self._relay
+                self._ask_reservation(self._relay)
+
+    def _reachability_changed(self) -> None:
+        log.info("reachability: %s", self.nat.reachability)
+        if self.nat.reachability is Reachability.PUBLIC and self._relay is not None:
+            self.transport.pin(self._relay, False)
+            self._relay = None
+            self._announce()
+
+    def _reserve(self, now: float) -> None:
+        """Ask a public peer this node dialled directly for a relay slot."""
+        for relay, until in list(self._refused_relays.items()):
+            if until <= now:
+                del self._refused_relays[relay]
+        for info in self.transport.connections():
+            peer_id = bytes.fromhex(info.peer_id)
+            if (
+                info.how != How.DIRECT
+                or info.direction != "outbound"
+                or peer_id in self._refused_relays
+            ):
+                continue
+            self._reserving = peer_id
+            self._ask_reservation(peer_id)
+            return
+
+    def _ask_reservation(self, relay: bytes) -> None:
+        future = self.transport.request(relay, RelayReserve(), timeout=5.0)
+        when_done(future, lambda o: self._tell(_ReserveAnswered(relay, o)))
+
+    def _reserve_answered(self, message: _ReserveAnswered, now: float) -> None:
+        self._reserving = None
+        relay, outcome = message.relay_id, message.outcome
+        reply = outcome.value
+        if not isinstance(reply, RelayReserved):
+            log.info("relay %s refused: %s", relay.hex()[:12], outcome.error or reply)
+            self._refused_relays[relay] = now + RESERVE_RETRY
+            if relay == self._relay:
+                self._relay = None
+                self._announce()
+            return
+        self._relay_renew_at = now + max(1.0, reply.seconds / 2)
+        if relay == self._relay:
+            return
+        address = self.transport.peer_address(relay)
+        if address is None:
+            return
+        self._relay = relay
+        self.transport.pin(relay)
+        log.info("relay reserved on %s (%s:%d)", relay.hex()[:12], *address)
+        self._announce()
+
+    def _announce(self) -> None:
+        """Announce the circuit address (behind NAT, with a relay) or the listen addresses."""
+        if self._relay is not None:
+            address = self.transport.peer_address(self._relay)
+            if address is None:
+                return
+            relay_addr = format_multiaddr(address[0], address[1], self._relay)
+            addrs: list[str] | None = [f"{relay_addr}/p2p-circuit/p2p/{self.own_id.hex()}"]
+        else:
+            addrs = None
+        self.transport.set_announced(addrs)
+        announced = self.transport.announced_addrs()
+        for peer_id in self.transport.connected_peers():
+            self.transport.request(peer_id, Announce(announced), timeout=5.0)
+
+    # -- the cascade -------------------------------------------------------------------
+
+    def _start_job(
+        self,
+        peer_id: bytes,
+        direct: list[str],
+        relayed: list[str],
+        on_done: Callable[[CascadeResult], None] | None,
+        from_transport: bool,
+    ) -> None:
+        now = time.monotonic()
+        for job in self._jobs.values():
+            if job.peer_id == peer_id:  # one cascade per peer at a time
+                if on_done is not None:
+                    job.waiters.append(on_done)
+                return
+        if not from_transport and self._connected(peer_id):
+            cascade = DialCascade([], [], now)
+            job = _Job(next(self._job_ids), peer_id, cascade, now, from_transport)
+            if on_done is not None:
+                job.waiters.append(on_done)
+            self._jobs[job.id] = job
+            how = next(
+                (c.how for c in self.transport.connections() if c.peer_id == peer_id.hex()),
+                None,
+            )
+            self._measure_rtt(job, how)
+            return
+        self.figures["cascades"] += 1
+        cascade = DialCascade(direct, relayed, now, self.config.timeouts, punch=self.config.punch)
+        job = _Job(next(self._job_ids), peer_id, cascade, now, from_transport)
+        if on_done is not None:
+            job.waiters.append(on_done)
+        self._jobs[job.id] = job
+        self._perform(job, cascade.start(now))
+
+    def _connected(self, peer_id: bytes) -> bool:
+        """Connected to the peer by a connection no ``disconnect`` is closing."""
+        return any(c.peer_id == peer_id.hex() for c in self.transport.connections())
+
+    def _perform(self, job: _Job, action: CascadeAction) -> None:
+        step = len(job.cascade.attempts)
+        match action:
+            case DialDirect(addr=addr, timeout=timeout):
+                dialled = self.transport.dial(addr, job.peer_id, timeout)
+                when_done(dialled, lambda o: self._tell(_StepDone(job.id, step, _why(o))))
+            case PunchVia(coordinator=coordinator, timeout=timeout):
+                relay_id = _peer_of(coordinator)
+                if relay_id is None or relay_id == self.own_id:
+                    self._tell(_StepDone(job.id, step, "no coordinator"))
+                    return
+                future = self.transport.request(
+                    relay_id, PunchRequest(job.peer_id), timeout, addrs=[coordinator]
+                )
+                when_done(future, lambda o: self._tell(_PunchAnswered(job.id, step, o)))
+            case RelayVia(relay=relay, timeout=timeout):
+                relay_id = _peer_of(relay)
+                if relay_id is None or relay_id == self.own_id:
+                    self._tell(_StepDone(job.id, step, "no relay"))
+                    return
+                future = self.transport.request(
+                    relay_id, RelayConnect(job.peer_id), timeout, addrs=[relay]
+                )
+                when_done(future, lambda o: self._tell(_CircuitAnswered(job.id, step, relay_id, o)))
+            case Connected(how=how):
+                self.figures[str(how)] += 1
+                self._measure_rtt(job, str(how))
+            case GaveUp(reason=reason):
+                self.figures["failed"] += 1
+                self._finish(job, None, reason)
+
+    def _current(self, job_id: int, step: int) -> _Job | None:
+        """The job if ``step`` is still its running step (late answers are ignored)."""
+        job = self._jobs.get(job_id)
+        if job is None or len(job.cascade.attempts) != step or job.cascade.current is None:
+            return None
+        return job
+
+    def _step_done(self, message: _StepDone, now: float) -> None:
+        job = self._current(message.job_id, message.step)
+        if job is None:
+            return
+        if message.error is None:
+            self._perform(job, job.cascade.succeeded(now))
+        else:
+            self._perform(job, job.cascade.failed(message.error, now))
+
+    def _punch_answered(self, message: _PunchAnswered, now: float) -> None:
+        job = self._current(message.job_id, message.step)
+        if job is None:
+            return
+        reply = message.outcome.value
+        action = job.cascade.current
+        if not isinstance(reply, PunchReply) or not isinstance(action, PunchVia):
+            self._perform(job, job.cascade.failed(_why(message.outcome) or "bad reply", now))
+            return
+        try:
+            target = parse_multiaddr(reply.addr).socket_address
+        except MultiaddrError as exc:
+            self._perform(job, job.cascade.failed(f"bad punch address: {exc}", now))
+            return
+        self.transport.send_openers(target)
+        future = self.transport.dial(target, job.peer_id, action.timeout, how=How.PUNCHED)
+        step = message.step
+        when_done(future, lambda o: self._tell(_StepDone(job.id, step, _why(o))))
+
+    def _circuit_answered(self, message: _CircuitAnswered, now: float) -> None:
+        job = self._current(message.job_id, message.step)
+        if job is None:
+            return
+        reply = message.outcome.value
+        action = job.cascade.current
+        if not isinstance(reply, RelayCircuit) or not isinstance(action, RelayVia):
+            self._perform(job, job.cascade.failed(_why(message.outcome) or "bad reply", now))
+            return
+        future = self.transport.dial_circuit(
+            message.relay_id, reply.circuit, job.peer_id, action.timeout
+        )
+        step = message.step
+        when_done(future, lambda o: self._tell(_StepDone(job.id, step, _why(o))))
+
+    def _measure_rtt(self, job: _Job, how: str | None) -> None:
+        connect_ms = round((time.monotonic() - job.started) * 1000.0, 3)
+        result = CascadeResult(
+            job.peer_id.hex(), True, how, connect_ms, None, list(job.cascade.attempts)
+        )
+        if job.from_transport:  # the requests waiting are the point: let them go now
+            self._finish(job, result, None)
+            return
+        sent = time.monotonic()
+        future = self.transport.request(job.peer_id, Ping(int.from_bytes(os.urandom(7))), 5.0)
+        when_done(future, lambda o: self._tell(_RttMeasured(job.id, result, o, sent)))
+
+    def _rtt_measured(self, message: _RttMeasured) -> None:
+        job = self._jobs.get(message.job_id)
+        if job is None:
+            return
+        rtt = None
+        if message.outcome.error is None:
+            rtt = round((time.monotonic() - message.sent) * 1000.0, 3)
+        result = message.result
+        self._finish(
+            job,
+            CascadeResult(
+                result.peer_id, True, result.how, result.connect_ms, rtt, result.attempts
+            ),
+            None,
+        )
+
+    def _finish(self, job: _Job, result: CascadeResult | None, error: str | None) -> None:
+        self._jobs.pop(job.id, None)
+        if result is None:
+            result = CascadeResult(
+                job.peer_id.hex(),
+                False,
+                None,
+                round((time.monotonic() - job.started) * 1000.0, 3),
+                None,
+                list(job.cascade.attempts),
+                error,
+            )
+            log.info("cannot reach %s: %s", job.peer_id.hex()[:12], error)
+        if job.from_transport:
+            failure = None if result.connected else PeerUnreachable(error or "unreachable")
+            self.transport.cascade_finished(job.peer_id, failure)
+        for waiter in job.waiters:
+            try:
+                waiter(result)
+            except Exception:
+                log.exception("a connect waiter failed")
+
+    # -- serving others ----------------------------------------------------------------
+
+    def _serve(self, request: InboundRequest, now: float) -> None:
+        message, peer_id = request.message, request.peer_id
+        match message:
+            case DialBack(nonce=nonce):
+                self._dial_back(request, nonce, now)
+            case PunchRequest(target=target):
+                self._coordinate(request, target)
+            case PunchNotify(addr=addr):
+                try:
+                    initiator_addr = parse_multiaddr(addr).socket_address
+                except MultiaddrError as exc:
+                    request.reply(Error(ErrorCode.MALFORMED, str(exc)))
+                    return
+                self.transport.expect_punch(initiator_addr)
+                self.transport.send_openers(initiator_addr)
+                request.reply(Ok())
+            case RelayReserve():
+                if not self.config.serve_relay or self.nat.reachability is not Reachability.PUBLIC:
+                    request.reply(Error(ErrorCode.REFUSED, "this node is not a public relay"))
+                    return
+                granted = self.transport.relay_reserve(peer_id)
+                if isinstance(granted, Refused):
+                    request.reply(Error(ErrorCode.REFUSED, granted.reason))
+                    return
+                limits = self.transport.relay_limits
+                request.reply(RelayReserved(limits.reservation_seconds, limits.bytes_per_second))
+            case RelayConnect(target=circuit_target):
+                self._open_circuit(request, circuit_target)
+            case RelayIncoming(circuit=circuit_id):
+                if peer_id != self._relay:
+                    request.reply(Error(ErrorCode.REFUSED, "you are not this node's relay"))
+                    return
+                self.transport.accept_circuit(peer_id, circuit_id)
+                request.reply(Ok())
+            case _:
+                request.reply(Error(ErrorCode.UNSUPPORTED, type(message).__name__))
+
+    def _dial_back(self, request: InboundRequest, nonce: bytes, now: float) -> None:
+        peer_id = request.peer_id
+        if now - self._dial_backs_sent.get(peer_id, -DIAL_BACK_MIN_INTERVAL) < (
+            DIAL_BACK_MIN_INTERVAL
+        ):
+            request.reply(Error(ErrorCode.BUSY, "one dial-back per peer every few seconds"))
+            return
+        address = self.transport.peer_address(peer_id)
+        if address is None:
+            request.reply(Error(ErrorCode.UNREACHABLE, "not connected to you directly"))
+            return
+        self._dial_backs_sent[peer_id] = now
+        if len(self._dial_backs_sent) > 1024:
+            self._dial_backs_sent = {
+                p: t for p, t in self._dial_backs_sent.items() if now - t < DIAL_BACK_MIN_INTERVAL
+            }
+        probe = control_datagram(ControlKind.DIAL_BACK, nonce)
+        # A fresh socket: a port the asking node never contacted, as a stranger's would be.
+        host = self.transport.local_address[0]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.bind((host if host != "0.0.0.0" else "", 0))
+                for _ in range(DIAL_BACK_PROBES):
+                    sock.sendto(probe, address)
+            except OSError as exc:
+                request.reply(Error(ErrorCode.INTERNAL, f"dial-back not sent: {exc}"))
+                return
+        request.reply(Ok())
+
+    def _open_circuit(self, request: InboundRequest, target: bytes) -> None:
+        circuit = self.transport.relay_open(request.peer_id, target)
+        if isinstance(circuit, Refused):
+            request.reply(Error(ErrorCode.REFUSED, circuit.reason))
+            return
+        future = self.transport.request(
+            target, RelayIncoming(request.peer_id, circuit.id), COORDINATION_TIMEOUT
+        )
+        answer = RelayCircuit(circuit.id)
+        when_done(future, lambda o: self._tell(_Forwarded(request, o, answer, circuit.id)))
+
+    def _coordinate(self, request: InboundRequest, target: bytes) -> None:
+        initiator_addr = self.transport.peer_address(request.peer_id)
+        target_addr = self.transport.peer_address(target)
+        if initiator_addr is None or target_addr is None:
+            request.reply(Error(ErrorCode.UNREACHABLE, "not connected directly to both of you"))
+            return
+        notify = PunchNotify(request.peer_id, format_multiaddr(*initiator_addr))
+        future = self.transport.request(target, notify, COORDINATION_TIMEOUT)
+        answer = PunchReply(format_multiaddr(*target_addr, target))
+        when_done(future, lambda o: self._tell(_Forwarded(request, o, answer)))
+
+    def _forwarded(self, message: _Forwarded) -> None:
+        if isinstance(message.outcome.value, Ok):
+            message.request.reply(message.answer)
+            return
+        if message.circuit is not None:
+            self.transport.relay_close(message.circuit)
+        why = _why(message.outcome) or "unexpected reply"
+        message.request.reply(Error(ErrorCode.UNREACHABLE, f"the peer did not answer: {why}"))
+
+    def _tell(self, message: object) -> None:
+        try:
+            self.actor_ref.tell(message)
+        except Exception:  # stopped meanwhile
+            log.debug("NatTraverser stopped: %s dropped", type(message).__name__)
+
+
+class NatHooks(TypedDict):
+    on_control: ControlSink
+    on_cascade: CascadeSink
+
+
+def nat_hooks(tell: Callable[[Any], None]) -> NatHooks:
+    """The Transport's hooks that feed a NatTraverser (``tell`` reaches it)."""
+
+    def on_control(kind: ControlKind, nonce: bytes, _addr: tuple[str, int]) -> None:
+        if kind is ControlKind.DIAL_BACK:
+            tell(ProbeArrived(nonce))
+
+    def on_cascade(peer_id: bytes, relayed: list[str]) -> None:
+        tell(ReachPeer(peer_id, tuple(relayed)))
+
+    return {"on_control": on_control, "on_cascade": on_cascade}
+
+
+def _why(outcome: Outcome[Any]) -> str | None:
+    if outcome.error is None:
+        return None
+    return f"{type(outcome.error).__name__}: {outcome.error}"
+
+
+def _peer_of(text: str) -> bytes | None:
+    try:
+        return parse_multiaddr(text).peer_id
+    except MultiaddrError:
+        return None

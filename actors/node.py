@@ -27,15 +27,17 @@ from actors.close_group_tracker import CloseGroupTracker
 from actors.futures import NotifyingFuture
 from actors.handshake import Handshake
 from actors.messages import (
+    ConnectPeer,
     FindClosest,
     HoldsChunk,
     InboundRequest,
     RoutingChanged,
+    RoutingSnapshot,
     StatusQuery,
     SubscribeCloseGroup,
     Tick,
 )
-from actors.nat_traverser import NatTraverser
+from actors.nat_traverser import CascadeResult, NatConfig, NatTraverser, nat_hooks
 from actors.replicator import Replicator
 from actors.transport import Transport, TransportHandle
 from cli.control import ControlServer
@@ -45,7 +47,22 @@ from persistence.root_dir import RootDirLock, prepare_root_dir
 from protocol.chunk_cache import DEFAULT_CACHE_BYTES
 from protocol.identity import Identity, load_or_create
 from protocol.lookup import Contact
-from protocol.wire import Error, ErrorCode, FindNode, GetChunk, Message, Offer, PutChunk
+from protocol.nat import Reachability
+from protocol.wire import (
+    DialBack,
+    Error,
+    ErrorCode,
+    FindNode,
+    GetChunk,
+    Message,
+    Offer,
+    PunchNotify,
+    PunchRequest,
+    PutChunk,
+    RelayConnect,
+    RelayIncoming,
+    RelayReserve,
+)
 from protocol.xor import from_hex
 
 log = logging.getLogger(__name__)
@@ -55,6 +72,12 @@ _SERVED_BY: dict[type[Message], str] = {
     PutChunk: "ChunkKeeper",
     GetChunk: "ChunkKeeper",
     Offer: "Replicator",
+    DialBack: "NatTraverser",
+    PunchRequest: "NatTraverser",
+    PunchNotify: "NatTraverser",
+    RelayReserve: "NatTraverser",
+    RelayConnect: "NatTraverser",
+    RelayIncoming: "NatTraverser",
 }
 """Which actor answers each kind of remote request (Ping is answered by the Transport)."""
 
@@ -83,6 +106,13 @@ class NodeConfig:
     """Seconds between liveness pings of the closest peers."""
     repair_interval: float = 120.0
     """Seconds between two replication repair passes over every held chunk."""
+    punch_ttl: int = 2
+    """TTL of hole-punch openers: must leave the home router and die before the far one."""
+    serve_relay: bool = True
+    """Relay and coordinate hole punches for peers behind NAT (when public)."""
+    reachability: Reachability | None = None
+    """Skip the dial-back checks and take this verdict."""
+    punch: bool = True
     control_socket: bool = True
     identity: Identity | None = field(default=None, repr=False)
     """Use this identity instead of the root dir's key file (tests)."""
@@ -142,7 +172,6 @@ class Node:
             log.info("removed an unfinished chunk write: %s", stray.name)
 
         close_groups = self._spawn(CloseGroupTracker, own_id)
-        self._spawn(NatTraverser)
         keeper = self._spawn(
             ChunkKeeper,
             own_id,
@@ -158,11 +187,27 @@ class Node:
             Transport,
             self.identity,
             handshake,
-            TransportConfig(host=self.config.host, port=self.config.port, quic=self.config.quic),
+            TransportConfig(
+                host=self.config.host,
+                port=self.config.port,
+                quic=self.config.quic,
+                punch_ttl=self.config.punch_ttl,
+            ),
             dispatch=self._dispatch,
             on_peer_connected=self._tell("BucketManager"),
+            on_peer_disconnected=self._tell("NatTraverser"),
+            **nat_hooks(self._tell("NatTraverser")),
         )
         self.transport = Transport.handle_of(transport)
+        self._spawn(
+            NatTraverser,
+            self.transport,
+            NatConfig(
+                serve_relay=self.config.serve_relay,
+                reachability=self.config.reachability,
+                punch=self.config.punch,
+            ),
+        )
 
         replicator = self._spawn(
             Replicator, own_id, self.transport, keeper, repair_interval=self.config.repair_interval
@@ -196,6 +241,7 @@ class Node:
                     "status": lambda _request: self.status(),
                     "lookup": self._control_lookup,
                     "holds": self._control_holds,
+                    "connect": self._control_connect,
                 },
             )
             control.start()
@@ -290,6 +336,27 @@ class Node:
             }
             for i, (target, future) in enumerate(zip(targets, futures, strict=True))
         ]
+
+    def _control_connect(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``{"peer_id": hex, "addrs": [multiaddr, ...]}``: reach the peer through the
+        cascade (direct, punch, relay); how, and the round-trip time."""
+        peer_id = from_hex(str(request["peer_id"]))
+        addrs = [str(a) for a in request.get("addrs", [])]
+        known = self.refs["BucketManager"].ask(RoutingSnapshot(), timeout=10)
+        assert isinstance(known, list)
+        for known_id, known_addrs in known:
+            if known_id == peer_id:
+                addrs += [a for a in known_addrs if a not in addrs]
+        if not addrs:  # not in the routing table: ask the network
+            for contact in self.lookup(peer_id, 20).get(timeout=60):
+                if contact.peer_id == peer_id:
+                    addrs += list(contact.addrs)
+        result: NotifyingFuture[Any] = NotifyingFuture()
+        fresh = bool(request.get("fresh", False))
+        self.refs["NatTraverser"].tell(ConnectPeer(peer_id, tuple(addrs), result.set, fresh))
+        outcome = result.get(timeout=float(request.get("timeout_s", 60)))
+        assert isinstance(outcome, CascadeResult)
+        return outcome.as_dict()
 
     def _control_holds(self, request: dict[str, Any]) -> list[bool]:
         """``{"addresses": [hex, ...]}``: which of these chunks this node holds."""

@@ -32,7 +32,9 @@ import msgspec
 import pykka
 
 from actors._quic.endpoint import (
+    CascadeSink,
     ConnectionInfo,
+    ControlSink,
     Dispatch,
     QuicEndpoint,
     TransportConfig,
@@ -40,8 +42,11 @@ from actors._quic.endpoint import (
 )
 from actors.base import NodeActor
 from actors.messages import Event, InboundRequest, PeerConnected, PeerDisconnected, StatusQuery
+from protocol.errors import TransportError
 from protocol.identity import Identity
 from protocol.multiaddr import Multiaddr
+from protocol.nat import How
+from protocol.relay import Circuit, Refused, RelayLimits, Reservation
 from protocol.wire import Error, ErrorCode, Message
 
 log = logging.getLogger(__name__)
@@ -114,9 +119,57 @@ class TransportHandle:
         addr: str | Multiaddr | tuple[str, int],
         expected_peer_id: bytes | None = None,
         timeout: float | None = None,
+        how: How = How.DIRECT,
     ) -> pykka.Future[bytes]:
         """Connect and authenticate; the future gets the peer's PeerId."""
-        return self._endpoint.dial(addr, expected_peer_id, timeout)
+        return self._endpoint.dial(addr, expected_peer_id, timeout, how)
+
+    # NAT traversal: the NatTraverser's levers (see QuicEndpoint for each)
+
+    def dial_circuit(
+        self, relay_id: bytes, circuit: int, expected_peer_id: bytes, timeout: float | None = None
+    ) -> pykka.Future[bytes]:
+        return self._endpoint.dial_circuit(relay_id, circuit, expected_peer_id, timeout)
+
+    def accept_circuit(self, relay_id: bytes, circuit: int) -> None:
+        self._endpoint.accept_circuit(relay_id, circuit)
+
+    def send_openers(self, addr: tuple[str, int]) -> None:
+        self._endpoint.send_openers(addr)
+
+    def expect_punch(self, addr: tuple[str, int]) -> None:
+        self._endpoint.expect_punch(addr)
+
+    def peer_address(self, peer_id: bytes) -> tuple[str, int] | None:
+        return self._endpoint.peer_address(peer_id)
+
+    def pin(self, peer_id: bytes, pinned: bool = True) -> None:
+        self._endpoint.pin(peer_id, pinned)
+
+    def announced_addrs(self) -> list[str]:
+        return self._endpoint.announced_addrs()
+
+    def set_announced(self, addrs: Sequence[str] | None) -> None:
+        self._endpoint.set_announced(addrs)
+
+    def cascade_finished(self, peer_id: bytes, error: TransportError | None) -> None:
+        self._endpoint.cascade_finished(peer_id, error)
+
+    def relay_reserve(self, client: bytes) -> Reservation | Refused:
+        return self._endpoint.relay_reserve(client)
+
+    def relay_open(self, initiator: bytes, target: bytes) -> Circuit | Refused:
+        return self._endpoint.relay_open(initiator, target)
+
+    def relay_close(self, circuit_id: int) -> None:
+        self._endpoint.relay_close(circuit_id)
+
+    @property
+    def relay_limits(self) -> RelayLimits:
+        return self._endpoint.config.relay_limits
+
+    def relay_status(self) -> dict[str, object]:
+        return self._endpoint.relay_status()
 
     def listen_addrs(self) -> list[str]:
         """``/ip4/H/udp/P/quic-v1/p2p/<peer id>`` of this node."""
@@ -152,13 +205,21 @@ class Transport(NodeActor):
         dispatch: Dispatch = refuse_all,
         on_peer_connected: Callable[[PeerConnected], None] | None = None,
         on_peer_disconnected: Callable[[PeerDisconnected], None] | None = None,
+        on_control: ControlSink | None = None,
+        on_cascade: CascadeSink | None = None,
     ) -> None:
         super().__init__()
         self.config = config or TransportConfig()
         self._on_peer_connected = on_peer_connected
         self._on_peer_disconnected = on_peer_disconnected
         self.endpoint = QuicEndpoint(
-            identity, handshake, self.config, dispatch=dispatch, on_event=self._from_loop
+            identity,
+            handshake,
+            self.config,
+            dispatch=dispatch,
+            on_event=self._from_loop,
+            on_control=on_control,
+            on_cascade=on_cascade,
         )
         self.endpoint.start()  # binds the socket: a bad host/port raises here
         self.handle = TransportHandle(self.endpoint)

@@ -100,6 +100,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=120.0,
         help="seconds between replication repair passes (default 120)",
     )
+    run.add_argument(
+        "--punch-ttl",
+        type=int,
+        default=2,
+        help="IP TTL of hole-punch openers: must leave your router, not reach the far one"
+        " (default 2)",
+    )
+    run.add_argument(
+        "--reachability",
+        choices=["public", "private"],
+        default=None,
+        help="skip the dial-back checks: this node is known to be public / behind NAT",
+    )
+    run.add_argument(
+        "--no-relay",
+        dest="serve_relay",
+        action="store_false",
+        help="do not relay or coordinate hole punches for peers behind NAT",
+    )
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     run.add_argument(
         "--log-format",
@@ -125,6 +144,26 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--root-dir", type=Path, required=True)
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(handler=cmd_status)
+
+    connect = commands.add_parser(
+        "connect",
+        help="have a running node reach a peer (direct, hole punch, relay) and say how",
+    )
+    connect.add_argument("--root-dir", type=Path, required=True)
+    connect.add_argument("peer_id", help="the peer's id (64 hex)")
+    connect.add_argument(
+        "--addr",
+        action="append",
+        default=[],
+        metavar="MULTIADDR",
+        help="an address of the peer to try besides those the node knows (repeatable)",
+    )
+    connect.add_argument(
+        "--fresh", action="store_true", help="close an existing connection first, make a new one"
+    )
+    connect.add_argument("--timeout", type=float, default=60.0)
+    connect.add_argument("--json", action="store_true", help="print JSON")
+    connect.set_defaults(handler=cmd_connect)
 
     top = commands.add_parser("top", help="live view of a running node's actors and connections")
     top.add_argument("--root-dir", type=Path, required=True)
@@ -205,6 +244,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from cli.metrics import MetricsServer
     from persistence.root_dir import default_root_dir, name_root_dir_by_peer_id, prepare_root_dir
     from protocol.identity import load_or_create
+    from protocol.nat import Reachability
 
     root_dir = prepare_root_dir(args.root_dir if args.root_dir is not None else default_root_dir())
     if args.root_dir is None:
@@ -226,6 +266,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         refresh_interval=args.refresh_interval,
         liveness_interval=args.liveness_interval,
         repair_interval=args.repair_interval,
+        punch_ttl=args.punch_ttl,
+        reachability=None if args.reachability is None else Reachability(args.reachability),
+        serve_relay=args.serve_relay,
     )
     log_file = logs.configure(args.log_level, args.log_format, root_dir)
     if args.tui:  # the screen belongs to the TUI: log to the file only
@@ -283,6 +326,41 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print_status(status)
     return 0
+
+
+def cmd_connect(args: argparse.Namespace) -> int:
+    from protocol.xor import from_hex
+
+    try:
+        from_hex(args.peer_id)
+    except ValueError:
+        raise UsageError(f"not a 64-hex peer id: {args.peer_id!r}") from None
+    result = request(
+        args.root_dir,
+        "connect",
+        timeout=args.timeout + 5,
+        peer_id=args.peer_id,
+        addrs=args.addr,
+        fresh=args.fresh,
+        timeout_s=args.timeout,
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for attempt in result.get("attempts", []):
+            print(
+                f"  {attempt['step']:<7} via {attempt['via']}: {attempt['outcome']}"
+                f" ({attempt['seconds'] * 1000:.1f} ms)"
+            )
+        if result.get("connected"):
+            rtt = result.get("rtt_ms")
+            print(
+                f"{args.peer_id[:12]}: {result['how']} in {result['connect_ms']:.1f} ms, "
+                f"rtt {'?' if rtt is None else f'{rtt:.2f} ms'}"
+            )
+        else:
+            print(f"{args.peer_id[:12]}: unreachable ({result.get('error')})")
+    return 0 if result.get("connected") else 1
 
 
 def cmd_top(args: argparse.Namespace) -> int:
@@ -495,6 +573,27 @@ def print_status(status: dict[str, Any]) -> None:
     if "chunks" in status:
         console.print(
             f"[bold]chunks[/]       {status['chunks']} ({format_size(status.get('bytes_stored', 0))})"
+        )
+    nat = status.get("nat")
+    if isinstance(nat, dict):
+        relay = nat.get("relay")
+        console.print(
+            f"[bold]reachability[/] {nat.get('reachability')}"
+            + (f" (relay {relay[:12]})" if relay else "")
+        )
+        for addr in nat.get("observed_addrs", {}):
+            console.print(f"[bold]observed as[/]  {addr}")
+    connections = status.get("connections", [])
+    if connections:
+        kinds: dict[str, int] = {}
+        for connection in connections:
+            kinds[connection.get("how", "direct")] = (
+                kinds.get(connection.get("how", "direct"), 0) + 1
+            )
+        console.print(
+            f"[bold]connections[/]  {len(connections)} ("
+            + ", ".join(f"{n} {how}" for how, n in sorted(kinds.items()))
+            + ")"
         )
     table = Table(title="actors", title_justify="left")
     for column in ("actor", "depth", "processed", "rate/s", "mean ms", "last message"):

@@ -65,3 +65,263 @@ class NatStatus:
             "observed_addrs": {a: len(o.reporters) for a, o in self._observed.items()},
             "confirmed_addrs": self.confirmed(),
         }
+
+
+# -- control datagrams -----------------------------------------------------------------
+#
+# Besides QUIC, the node's socket carries two tiny datagrams of its own. Every QUIC
+# packet has the fixed bit (0x40) set in its first byte; these start with 0x00, so
+# the two never mix.
+
+CONTROL_MAGIC: Final = b"\x00AAN"
+NONCE_BYTES: Final = 16
+
+
+class ControlKind(enum.IntEnum):
+    PUNCH_OPENER = 1
+    """Sent with a small TTL toward a peer about to dial: opens this side's NAT mapping."""
+    DIAL_BACK = 2
+    """Sent by a dial-back helper: its arrival proves strangers can reach this node."""
+
+
+def control_datagram(kind: ControlKind, nonce: bytes) -> bytes:
+    if len(nonce) != NONCE_BYTES:
+        raise ValueError(f"a control nonce is {NONCE_BYTES} bytes")
+    return CONTROL_MAGIC + bytes([kind]) + nonce
+
+
+def is_control_datagram(data: bytes) -> bool:
+    return data[:1] == CONTROL_MAGIC[:1]
+
+
+def parse_control_datagram(data: bytes) -> tuple[ControlKind, bytes] | None:
+    """``(kind, nonce)``, or None for anything else (dropped by the caller)."""
+    if len(data) != len(CONTROL_MAGIC) + 1 + NONCE_BYTES or not data.startswith(CONTROL_MAGIC):
+        return None
+    try:
+        kind = ControlKind(data[len(CONTROL_MAGIC)])
+    except ValueError:
+        return None
+    return kind, data[len(CONTROL_MAGIC) + 1 :]
+
+
+# -- reachability: dial-back checks ------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    helper: bytes
+    deadline: float
+
+
+class ReachabilityCheck:
+    """Decides PUBLIC or PRIVATE from dial-backs.
+
+    The node asks a connected helper to send a probe to the address the helper sees it
+    at, from a port this node never contacted. The probe arriving means a stranger's
+    packets reach the node: PUBLIC. ``failures_for_private`` helpers in a row whose
+    probe never came: PRIVATE. A verdict is re-checked every ``recheck_interval``.
+    """
+
+    def __init__(
+        self,
+        status: NatStatus,
+        wait: float = 2.0,
+        failures_for_private: int = 2,
+        recheck_interval: float = 600.0,
+    ) -> None:
+        self.status = status
+        self.wait = wait
+        self.failures_for_private = failures_for_private
+        self.recheck_interval = recheck_interval
+        self._pending: dict[bytes, _Pending] = {}
+        self._failed_helpers: list[bytes] = []
+        self._next_check = 0.0
+
+    def due(self, now: float) -> bool:
+        return not self._pending and now >= self._next_check
+
+    def choose_helper(self, connected: list[bytes]) -> bytes | None:
+        """A connected peer not tried in the current round (the first untried one)."""
+        for peer in connected:
+            if peer not in self._failed_helpers:
+                return peer
+        return None
+
+    def started(self, nonce: bytes, helper: bytes, now: float) -> None:
+        self._pending[nonce] = _Pending(helper, now + self.wait)
+
+    def helper_failed(self, nonce: bytes) -> None:
+        """The helper refused or did not answer: no evidence either way; try another."""
+        pending = self._pending.pop(nonce, None)
+        if pending is not None:
+            self._failed_helpers.append(pending.helper)
+
+    def probe_received(self, nonce: bytes, now: float) -> bool:
+        """A probe arrived; True if it answers one of our checks (the node is PUBLIC)."""
+        if self._pending.pop(nonce, None) is None:
+            return False
+        self._verdict(Reachability.PUBLIC, now)
+        return True
+
+    def expire(self, now: float) -> bool:
+        """Count the checks whose probe never came; True if the verdict changed."""
+        expired = [n for n, p in self._pending.items() if p.deadline <= now]
+        changed = False
+        for nonce in expired:
+            self._failed_helpers.append(self._pending.pop(nonce).helper)
+            misses = len(self._failed_helpers)
+            if misses >= self.failures_for_private:
+                changed = self._verdict(Reachability.PRIVATE, now) or changed
+        return changed
+
+    def _verdict(self, verdict: Reachability, now: float) -> bool:
+        changed = self.status.reachability != verdict
+        self.status.reachability = verdict
+        self._failed_helpers.clear()
+        self._pending.clear()
+        self._next_check = now + self.recheck_interval
+        return changed
+
+
+# -- the dial cascade --------------------------------------------------------------------
+
+
+class How(enum.StrEnum):
+    """How a connection was made."""
+
+    DIRECT = "direct"
+    PUNCHED = "punched"
+    RELAYED = "relayed"
+
+
+@dataclass(frozen=True, slots=True)
+class DialDirect:
+    addr: str
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class PunchVia:
+    """Ask ``coordinator`` (the target's relay, which is connected to it) to
+    coordinate a hole punch; dial the address it returns."""
+
+    coordinator: str
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class RelayVia:
+    relay: str
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    how: How
+
+
+@dataclass(frozen=True, slots=True)
+class GaveUp:
+    reason: str
+
+
+CascadeAction = DialDirect | PunchVia | RelayVia | Connected | GaveUp
+
+
+@dataclass(frozen=True)
+class CascadeTimeouts:
+    direct: float = 3.0
+    punch: float = 5.0
+    relay: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    step: str
+    via: str
+    outcome: str
+    seconds: float
+
+
+class DialCascade:
+    """Direct, then a coordinated hole punch, then a relay; each step with its own timeout.
+
+    ``direct`` are direct multiaddrs of the target; ``relayed`` its circuit addresses
+    (``/ip4/R/udp/P/quic-v1/p2p/<relay>/p2p-circuit/p2p/<target>``), whose relays
+    also coordinate punches. The owner performs each action and reports
+    ``succeeded()`` or ``failed(why)``; ``attempts`` is the record ``connect`` prints.
+    """
+
+    def __init__(
+        self,
+        direct: list[str],
+        relayed: list[str],
+        now: float,
+        timeouts: CascadeTimeouts | None = None,
+        punch: bool = True,
+    ) -> None:
+        t = timeouts or CascadeTimeouts()
+        relays = _relay_parts(relayed)
+        self._plan: list[DialDirect | PunchVia | RelayVia] = [
+            DialDirect(a, t.direct) for a in direct
+        ]
+        if punch:
+            self._plan += [PunchVia(r, t.punch) for r in relays]
+        self._plan += [RelayVia(r, t.relay) for r in relays]
+        self._index = -1
+        self._started = now
+        self.attempts: list[Attempt] = []
+
+    def start(self, now: float) -> CascadeAction:
+        return self._advance(now)
+
+    @property
+    def current(self) -> DialDirect | PunchVia | RelayVia | None:
+        return self._plan[self._index] if 0 <= self._index < len(self._plan) else None
+
+    def succeeded(self, now: float) -> Connected:
+        action = self.current
+        assert action is not None, "no step is running"
+        self._record(action, "connected", now)
+        self._index = len(self._plan)
+        return Connected(_HOW_OF[type(action)])
+
+    def failed(self, why: str, now: float) -> CascadeAction:
+        action = self.current
+        if action is not None:
+            self._record(action, why, now)
+        return self._advance(now)
+
+    def _advance(self, now: float) -> CascadeAction:
+        self._index += 1
+        self._started = now
+        action = self.current
+        if action is not None:
+            return action
+        if not self._plan:
+            return GaveUp("no address to dial")
+        return GaveUp("; ".join(f"{a.step}: {a.outcome}" for a in self.attempts))
+
+    def _record(self, action: DialDirect | PunchVia | RelayVia, outcome: str, now: float) -> None:
+        via = (
+            action.addr
+            if isinstance(action, DialDirect)
+            else (action.coordinator if isinstance(action, PunchVia) else action.relay)
+        )
+        step = {DialDirect: "direct", PunchVia: "punch", RelayVia: "relay"}[type(action)]
+        self.attempts.append(Attempt(step, via, outcome, round(now - self._started, 4)))
+
+
+_HOW_OF: Final = {DialDirect: How.DIRECT, PunchVia: How.PUNCHED, RelayVia: How.RELAYED}
+
+
+def _relay_parts(relayed: list[str]) -> list[str]:
+    """The relay's own multiaddr (``/ip4/R/udp/P/quic-v1/p2p/<relay>``) of each circuit
+    address, without repeats."""
+    relays: list[str] = []
+    for text in relayed:
+        head, sep, _tail = text.partition("/p2p-circuit")
+        if sep and head not in relays:
+            relays.append(head)
+    return relays

@@ -67,6 +67,10 @@ class ErrorCode(enum.StrEnum):
     STORAGE_FULL = "storage_full"
     BAD_CHUNK = "bad_chunk"
     BUSY = "busy"
+    UNREACHABLE = "unreachable"
+    """A coordinator or relay has no connection to the peer asked for."""
+    REFUSED = "refused"
+    """A relay does not serve this request (not public, full, or no reservation)."""
     INTERNAL = "internal"
 
 
@@ -159,6 +163,81 @@ class OfferAck(_Message, tag="offer_ack", frozen=True):
     wanted: Annotated[int, msgspec.Meta(ge=0)]
 
 
+# -- NAT traversal (see protocol/nat.py and protocol/relay.py) ---------------------------
+
+DIAL_BACK_NONCE_BYTES: Final = 16
+DialBackNonce = Annotated[
+    bytes, msgspec.Meta(min_length=DIAL_BACK_NONCE_BYTES, max_length=DIAL_BACK_NONCE_BYTES)
+]
+CircuitId = Annotated[int, msgspec.Meta(ge=1, le=2**32 - 1)]
+
+
+class Ok(_Message, tag="ok", frozen=True):
+    """A request was done and has nothing to return."""
+
+
+class DialBack(_Message, tag="dial_back", frozen=True):
+    """ "Send a probe carrying this nonce, from a port I never contacted, to the
+    address you see me at": the sender learns whether strangers can reach it."""
+
+    nonce: DialBackNonce
+
+
+class PunchRequest(_Message, tag="punch_request", frozen=True):
+    """To a coordinator connected to ``target``: "tell it to open its NAT toward me"."""
+
+    target: Address
+
+
+class PunchNotify(_Message, tag="punch_notify", frozen=True):
+    """From a coordinator: ``initiator`` (seen at ``addr``) is about to dial you."""
+
+    initiator: Address
+    addr: Multiaddr
+
+
+class PunchReply(_Message, tag="punch_reply", frozen=True):
+    """Reply to ``PunchRequest``: the target has opened its NAT; dial it at ``addr``."""
+
+    addr: Multiaddr
+
+
+class RelayReserve(_Message, tag="relay_reserve", frozen=True):
+    """Ask a public node to relay connections to the sender (it is behind a symmetric NAT)."""
+
+
+class RelayReserved(_Message, tag="relay_reserved", frozen=True):
+    """Reply to ``RelayReserve``: granted for ``seconds``, at ``bytes_per_second``."""
+
+    seconds: Annotated[int, msgspec.Meta(ge=0)]
+    bytes_per_second: Annotated[int, msgspec.Meta(ge=0)]
+
+
+class RelayConnect(_Message, tag="relay_connect", frozen=True):
+    """To a relay: open a circuit to ``target`` (which holds a reservation)."""
+
+    target: Address
+
+
+class RelayIncoming(_Message, tag="relay_incoming", frozen=True):
+    """From a relay to its client: ``initiator`` opens circuit ``circuit`` to you."""
+
+    initiator: Address
+    circuit: CircuitId
+
+
+class RelayCircuit(_Message, tag="relay_circuit", frozen=True):
+    """Reply to ``RelayConnect``: send the end-to-end QUIC packets on circuit ``circuit``."""
+
+    circuit: CircuitId
+
+
+class Announce(_Message, tag="announce", frozen=True):
+    """The sender's addresses changed (e.g. it learnt it is behind NAT and took a relay)."""
+
+    listen_addrs: Annotated[list[Multiaddr], msgspec.Meta(max_length=MAX_ADDRS_PER_PEER)]
+
+
 Message = (
     Ping
     | Pong
@@ -174,6 +253,17 @@ Message = (
     | Proof
     | Offer
     | OfferAck
+    | Ok
+    | DialBack
+    | PunchRequest
+    | PunchNotify
+    | PunchReply
+    | RelayReserve
+    | RelayReserved
+    | RelayConnect
+    | RelayIncoming
+    | RelayCircuit
+    | Announce
 )
 """Every message that can travel in a frame (``Hello``/``Proof`` only on handshake streams)."""
 

@@ -61,6 +61,12 @@ from qh3.quic.connection import QuicConnection as Qh3Connection
 QuicStack = Literal["qh3", "aioquic"]
 ALPN: Final = "autonomi-actors/1"
 CONNECTION_ID_BYTES: Final = 8
+MAX_DATAGRAM_FRAME_BYTES: Final = 65536
+"""Accepted DATAGRAM frame size (the frame must still fit one packet)."""
+RELAYED_DATAGRAM_SIZE: Final = 1250
+"""UDP payload size of a connection carried through a relay: its datagrams travel
+inside DATAGRAM frames of a 1350-byte outer packet (about 40 bytes of outer header,
+frame header, circuit id and AEAD tag)."""
 
 GROUP_NAMES: Final[dict[int, str]] = {
     0x11EC: "X25519MLKEM768",
@@ -167,6 +173,13 @@ class Terminated:
 
 
 @dataclass(frozen=True, slots=True)
+class DatagramReceived:
+    """A QUIC DATAGRAM frame (unreliable; relays carry circuits in them)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class PingAcknowledged:
     uid: int
 
@@ -180,6 +193,7 @@ QuicEvent = (
     | ConnectionIdRetired
     | Terminated
     | PingAcknowledged
+    | DatagramReceived
 )
 
 
@@ -276,6 +290,9 @@ class QuicConnectionAdapter:
 
     def send_ping(self, uid: int) -> bool:
         return self._guard(self._conn.send_ping, uid)
+
+    def send_datagram(self, data: bytes) -> bool:
+        return self._guard(self._conn.send_datagram_frame, data)
 
     def close(self, error_code: int, reason: str = "") -> bool:
         return self._guard(self._conn.close, error_code, None, reason)
@@ -396,6 +413,7 @@ class QuicBackend(ABC):
             max_datagram_size=self.settings.max_datagram_size,
             max_data=self.settings.max_data,
             max_stream_data=self.settings.max_stream_data,
+            max_datagram_frame_size=MAX_DATAGRAM_FRAME_BYTES,
             verify_mode=ssl.CERT_NONE,  # identity is proven by the handshake, not by a CA
             server_name=None,
         )
@@ -410,6 +428,7 @@ class QuicBackend(ABC):
             events.ConnectionIdRetired: lambda e: ConnectionIdRetired(e.connection_id),
             events.ConnectionTerminated: lambda e: Terminated(e.error_code, e.reason_phrase),
             events.PingAcknowledged: lambda e: PingAcknowledged(e.uid),
+            events.DatagramFrameReceived: lambda e: DatagramReceived(e.data),
         }
 
 

@@ -42,9 +42,11 @@ import pykka
 from actors._quic.backend import (
     CONNECTION_ID_BYTES,
     POST_QUANTUM_GROUPS,
+    RELAYED_DATAGRAM_SIZE,
     Address,
     ConnectionIdIssued,
     ConnectionIdRetired,
+    DatagramReceived,
     HandshakeDone,
     PingAcknowledged,
     QuicBackend,
@@ -81,14 +83,25 @@ from protocol.errors import (
 from protocol.handshake import Accepted, Rejected, Role, hello_message
 from protocol.identity import Identity
 from protocol.multiaddr import Multiaddr, MultiaddrError, format_multiaddr, parse_multiaddr
+from protocol.nat import (
+    NONCE_BYTES,
+    ControlKind,
+    How,
+    control_datagram,
+    is_control_datagram,
+    parse_control_datagram,
+)
+from protocol.relay import Circuit, Refused, RelayLimits, RelayTable, Reservation, pack, unpack
 from protocol.wire import (
     HANDSHAKE_NONCE_BYTES,
     INSTANCE_ID_BYTES,
+    Announce,
     Error,
     ErrorCode,
     FrameDecoder,
     Hello,
     Message,
+    Ok,
     Ping,
     Pong,
     Proof,
@@ -100,6 +113,9 @@ log = logging.getLogger("actors.transport")
 
 _T = TypeVar("_T")
 
+PENDING_ICMP_ERRORS: Final = frozenset(
+    {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EPROTO}
+)
 IP_RECVERR: Final = 11  # linux/in.h; not exported by Python's socket module
 SO_EE_ORIGIN_ICMP: Final = 2
 _EXTENDED_ERROR = struct.Struct("=IBBBBII")
@@ -118,9 +134,24 @@ CLOSE_LINGER: Final = 2.0
 """A connection this node closed keeps answering its peer's packets (with the
 stack's CONNECTION_CLOSE) this long, in case the first close was lost."""
 
+MAX_CIRCUIT_PAYLOAD: Final = 1310
+"""Largest DATAGRAM frame payload sent on a relay leg: a larger one does not fit a
+1350-byte packet (qh3 then fails the whole connection). Bigger inner datagrams (path
+MTU probes) are dropped, as a path with that MTU would."""
+VIRTUAL_NET: Final = "0."
+"""Connections through a relay get a virtual peer address in 0.0.0.0/8 (no packet is
+ever sent to one: ``_sendto`` hands them to the relay)."""
+EXPECTED_PUNCH_SECONDS: Final = 15.0
+MAX_RELAYED_PER_PEER: Final = 4
+
 ConnState = Literal["quic", "identity", "ready", "closed"]
 EventSink = Callable[[PeerConnected | PeerDisconnected], None]
 Dispatch = Callable[[InboundRequest], None]
+ControlSink = Callable[[ControlKind, bytes, "Address"], None]
+"""Receives control datagrams (a dial-back probe's nonce) on the loop thread."""
+CascadeSink = Callable[[bytes, list[str]], None]
+"""Asked to reach a peer whose direct addresses failed, through its relayed addresses;
+it must eventually call ``QuicEndpoint.cascade_finished``."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +187,11 @@ class TransportConfig:
     and keep it out of their routing tables."""
     close_on_port_unreachable: bool = True
     """Close connections whose address answers ICMP port unreachable (a dead peer)."""
+    punch_ttl: int = 2
+    """IP TTL of hole-punch openers: enough to leave the home router, too little to
+    reach the far side's (whose router would otherwise remember them and give our
+    later flow another port)."""
+    relay_limits: RelayLimits = field(default_factory=RelayLimits)
 
 
 class ConnectionInfo(msgspec.Struct, frozen=True):
@@ -176,7 +212,7 @@ class ConnectionInfo(msgspec.Struct, frozen=True):
     requests_sent: int
     requests_served: int
     how: str = "direct"
-    """How the connection was made: ``direct`` (hole punching and relays are not built yet)."""
+    """How the connection was made: ``direct``, ``punched`` or ``relayed``."""
 
 
 class TransportStats(msgspec.Struct):
@@ -277,6 +313,11 @@ class _Conn:
     ping_uids: dict[int, float] = field(default_factory=dict)
     rtt_sample: float | None = None
     holding_events: bool = False
+    how: How = How.DIRECT
+    circuit: tuple[bytes, int] | None = None
+    """(relay PeerId, circuit id) of a connection carried through a relay."""
+    pinned: bool = False
+    """Kept alive even when idle (the connection to this node's relay)."""
 
     @property
     def direction(self) -> Direction:
@@ -293,7 +334,11 @@ class _Peer:
     queue: collections.deque[_Outbound] = field(default_factory=collections.deque)
     in_flight: int = 0
     addrs: list[Address] = field(default_factory=list)
+    relayed: list[str] = field(default_factory=list)
+    """Circuit multiaddrs of the peer (it is behind NAT and holds relay reservations)."""
     dialing: bool = False
+    cascading: bool = False
+    """The NatTraverser is trying to reach the peer (punch, relay); requests wait."""
 
 
 class _Reply:
@@ -332,12 +377,16 @@ class QuicEndpoint:
         *,
         dispatch: Dispatch,
         on_event: EventSink,
+        on_control: ControlSink | None = None,
+        on_cascade: CascadeSink | None = None,
     ) -> None:
         self.identity = identity
         self.config = config
         self._handshake = handshake
         self._dispatch = dispatch
         self._on_event = on_event
+        self.on_control = on_control
+        self.on_cascade = on_cascade
         self.certificate = TlsCertificate.generate()
         self._backend: QuicBackend = make_backend(
             config.quic,
@@ -346,6 +395,7 @@ class QuicEndpoint:
                 idle_timeout=config.idle_timeout, max_datagram_size=config.max_datagram_size
             ),
         )
+        self._relayed_backend: QuicBackend | None = None
         self.stack: QuicStack = config.quic
         self.instance = os.urandom(INSTANCE_ID_BYTES)
         self._sock: socket.socket | None = None
@@ -354,7 +404,13 @@ class QuicEndpoint:
         self._closed = False
         self._local: Address = (config.host, config.port)
         self._listen_addrs: tuple[str, ...] = ()
+        self._announced: tuple[str, ...] | None = None
         # loop-thread state
+        self.relay = RelayTable(config.relay_limits)
+        self._circuit_addr: dict[tuple[bytes, int], Address] = {}
+        self._circuit_of: dict[Address, tuple[bytes, int]] = {}
+        self._virtual_ids = itertools.count(1)
+        self._expected_punches: dict[Address, float] = {}
         self._conns: dict[int, _Conn] = {}
         self._cids: dict[bytes, _Conn] = {}
         self._peers: dict[bytes, _Peer] = {}
@@ -472,7 +528,8 @@ class QuicEndpoint:
         deadline = time.monotonic() + (self.config.request_timeout if timeout is None else timeout)
         outbound = _Outbound(peer_id, frame, future, deadline)
         hints = _parse_addrs(addrs, peer_id)
-        if not self._post(self._submit, outbound, hints):
+        relayed = _parse_relayed(addrs, peer_id)
+        if not self._post(self._submit, outbound, hints, relayed):
             _fail(future, TransportClosed("the transport is closed"))
         return future
 
@@ -481,10 +538,13 @@ class QuicEndpoint:
         addr: str | Multiaddr | Address,
         expected_peer_id: bytes | None = None,
         timeout: float | None = None,
+        how: How = How.DIRECT,
     ) -> pykka.Future[bytes]:
         """Connect and run the identity handshake; the future gets the peer's PeerId.
 
-        A multiaddr with ``/p2p/<id>`` sets the expected PeerId (unless given).
+        A multiaddr with ``/p2p/<id>`` sets the expected PeerId (unless given). ``how``
+        is recorded on the connection (a punched dial's address is not remembered as
+        one to dial again).
         """
         future: pykka.ThreadingFuture[bytes] = NotifyingFuture()
         try:
@@ -493,7 +553,7 @@ class QuicEndpoint:
             _fail(future, PeerUnreachable(f"cannot dial {addr!r}: {exc}"))
             return future
         wait = self.config.handshake_timeout if timeout is None else timeout
-        if not self._post(self._dial, target, expected, future, wait):
+        if not self._post(self._dial, target, expected, future, wait, how):
             _fail(future, TransportClosed("the transport is closed"))
         return future
 
@@ -512,6 +572,83 @@ class QuicEndpoint:
     def disconnect(self, peer_id: bytes) -> None:
         """Close the connection to ``peer_id`` (if any)."""
         self._post(self._disconnect, peer_id)
+
+    # -- NAT traversal (any thread; the NatTraverser decides, the loop carries out) -----
+
+    def announced_addrs(self) -> list[str]:
+        """What this node tells peers it can be reached at (its Hello and ``Announce``)."""
+        announced = self._announced
+        return list(self._listen_addrs if announced is None else announced)
+
+    def set_announced(self, addrs: Sequence[str] | None) -> None:
+        """Announce ``addrs`` from now on (None: the listen addresses again)."""
+        self._announced = None if addrs is None else tuple(addrs)
+
+    def peer_address(self, peer_id: bytes) -> Address | None:
+        """The UDP address this node sees the peer at (None if not connected directly)."""
+
+        def find() -> Address | None:
+            peer = self._peers.get(peer_id)
+            conn = None if peer is None else peer.conn
+            if conn is None or conn.state != "ready" or conn.circuit is not None:
+                return None
+            return conn.addr
+
+        return self._call(find, None)
+
+    def send_openers(self, addr: Address, count: int = 3) -> None:
+        """Open this side's NAT mapping toward ``addr`` with small-TTL datagrams."""
+        self._post(self._send_openers, addr, count)
+
+    def expect_punch(self, addr: Address) -> None:
+        """A connection arriving from ``addr`` soon is a punched one (for ``how``)."""
+        self._post(self._expect_punch, addr)
+
+    def pin(self, peer_id: bytes, pinned: bool = True) -> None:
+        """Keep the connection to ``peer_id`` alive even when idle (this node's relay)."""
+        self._post(self._pin, peer_id, pinned)
+
+    def dial_circuit(
+        self, relay_id: bytes, circuit: int, expected_peer_id: bytes, timeout: float | None = None
+    ) -> pykka.Future[bytes]:
+        """Connect to ``expected_peer_id`` through circuit ``circuit`` of relay ``relay_id``."""
+        future: pykka.ThreadingFuture[bytes] = NotifyingFuture()
+        wait = self.config.handshake_timeout if timeout is None else timeout
+        if not self._post(self._dial_circuit, relay_id, circuit, expected_peer_id, future, wait):
+            _fail(future, TransportClosed("the transport is closed"))
+        return future
+
+    def accept_circuit(self, relay_id: bytes, circuit: int) -> None:
+        """A peer will connect to this node through circuit ``circuit`` of ``relay_id``."""
+        self._post(self._circuit_address, relay_id, circuit)
+
+    def cascade_finished(self, peer_id: bytes, error: TransportError | None) -> None:
+        """The NatTraverser is done trying to reach ``peer_id`` (see ``on_cascade``)."""
+        self._post(self._cascade_finished, peer_id, error)
+
+    def relay_reserve(self, client: bytes) -> Reservation | Refused:
+        now = time.monotonic()
+        closed: Reservation | Refused = Refused("the transport is closed")
+        return self._call(lambda: self.relay.reserve(client, now), closed)
+
+    def relay_open(self, initiator: bytes, target: bytes) -> Circuit | Refused:
+        now = time.monotonic()
+
+        def open_circuit() -> Circuit | Refused:
+            peer = self._peers.get(target)
+            if peer is None or peer.conn is None:
+                return Refused("the peer is not connected to this relay")
+            return self.relay.open(initiator, target, now)
+
+        closed: Circuit | Refused = Refused("the transport is closed")
+        return self._call(open_circuit, closed)
+
+    def relay_close(self, circuit_id: int) -> None:
+        self._post(self.relay.close, circuit_id)
+
+    def relay_status(self) -> dict[str, object]:
+        now = time.monotonic()
+        return self._call(lambda: self.relay.status(now), {})
 
     # -- HandshakeSink (called from the Handshake actor's thread) ---------------------
 
@@ -573,6 +710,9 @@ class QuicEndpoint:
                 self._drain_error_queue()
                 continue
             self.stats.datagrams_received += 1
+            if is_control_datagram(data):
+                self._on_control_datagram(data, addr)
+                continue
             conn = self._route(data, addr, now)
             if conn is not None:
                 if conn is not batch_conn or addr != batch_addr:
@@ -641,10 +781,29 @@ class QuicEndpoint:
         is_initial = len(data) >= 1200 and data[0] & 0xF0 == 0xC0  # long header, Initial
         if not is_initial or self._closed or len(self._conns) >= self.config.max_connections:
             return None
-        quic = self._backend.server(original_dcid=cid)
+        quic = self._backend_for(addr).server(original_dcid=cid)
         conn = self._new_conn(quic, Role.SERVER, addr, now)
         self._map_cid(conn, cid)
+        if addr in self._circuit_of:
+            conn.how = How.RELAYED
+            conn.circuit = self._circuit_of[addr]
+        elif self._expected_punches.pop(addr, 0.0) >= now:
+            conn.how = How.PUNCHED
         return conn
+
+    def _backend_for(self, addr: Address) -> QuicBackend:
+        """The stack for a peer address: connections through a relay use smaller datagrams."""
+        if not addr[0].startswith(VIRTUAL_NET):
+            return self._backend
+        if self._relayed_backend is None:
+            self._relayed_backend = make_backend(
+                self.config.quic,
+                self.certificate,
+                QuicSettings(
+                    idle_timeout=self.config.idle_timeout, max_datagram_size=RELAYED_DATAGRAM_SIZE
+                ),
+            )
+        return self._relayed_backend
 
     def _new_conn(
         self, quic: QuicConnectionAdapter, role: Role, addr: Address, now: float
@@ -667,6 +826,9 @@ class QuicEndpoint:
         conn.cids.add(cid)
 
     def _sendto(self, data: bytes, addr: Address) -> None:
+        if addr[0].startswith(VIRTUAL_NET):
+            self._send_circuit(data, addr)
+            return
         sock = self._sock
         assert sock is not None and self._loop is not None
         if self._send_backlog:
@@ -681,11 +843,12 @@ class QuicEndpoint:
                 self._send_backlog.append((data, addr))
                 self._loop.add_writer(sock.fileno(), self._on_writable)
                 return
-            except ConnectionRefusedError:
-                pass  # a pending ICMP error; the send itself may work
             except OSError as exc:
-                log.debug("send to %s:%d failed: %s", addr[0], addr[1], exc)
-                return
+                if exc.errno not in PENDING_ICMP_ERRORS:
+                    log.debug("send to %s:%d failed: %s", addr[0], addr[1], exc)
+                    return
+                # a pending ICMP error (IP_RECVERR) of an earlier datagram, e.g. a
+                # punch opener's time exceeded: this send may work
             # outside the except block: what this closes runs callbacks, whose own
             # errors should not be logged as raised "during" this one
             self._drain_error_queue()
@@ -701,7 +864,7 @@ class QuicEndpoint:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                if exc.errno == errno.ECONNREFUSED:
+                if exc.errno in PENDING_ICMP_ERRORS:
                     self._drain_error_queue()
                     continue
                 log.debug("send to %s:%d failed: %s", addr[0], addr[1], exc)
@@ -858,6 +1021,8 @@ class QuicEndpoint:
                     if self._cids.get(cid) is conn:
                         del self._cids[cid]
                     conn.cids.discard(cid)
+                case DatagramReceived(data=data):
+                    self._on_datagram_frame(conn, data)
                 case PingAcknowledged(uid=uid):
                     sent = conn.ping_uids.pop(uid, None)
                     if sent is not None and self._loop is not None:
@@ -873,6 +1038,7 @@ class QuicEndpoint:
         expected: bytes | None,
         future: pykka.ThreadingFuture[bytes],
         wait: float,
+        how: How = How.DIRECT,
     ) -> None:
         if self._closed:
             _fail(future, TransportClosed("the transport is closed"))
@@ -882,7 +1048,8 @@ class QuicEndpoint:
                 _fail(future, PeerRejected("self_connection", "that is this node's own PeerId"))
                 return
             peer = self._peer(expected)
-            _remember_addr(peer, addr)
+            if how is How.DIRECT:
+                _remember_addr(peer, addr)
             if peer.conn is not None:
                 future.set(expected)
                 return
@@ -895,7 +1062,7 @@ class QuicEndpoint:
             ):
                 conn.dial_futures.append(future)
                 return
-        self._open(addr, expected, [future], wait)
+        self._open(addr, expected, [future], wait, how)
 
     def _open(
         self,
@@ -903,12 +1070,14 @@ class QuicEndpoint:
         expected: bytes | None,
         futures: list[pykka.ThreadingFuture[bytes]],
         wait: float | None = None,
+        how: How = How.DIRECT,
     ) -> _Conn:
         assert self._loop is not None
         now = self._loop.time()
-        quic = self._backend.client()
+        quic = self._backend_for(addr).client()
         quic.connect(addr, now)
         conn = self._new_conn(quic, Role.CLIENT, addr, now)
+        conn.how = how
         conn.dial_addr = addr
         conn.expected_peer_id = expected
         conn.dial_futures.extend(futures)
@@ -939,7 +1108,7 @@ class QuicEndpoint:
         # The Hello needs no signature: send it now, in the flight of TLS's last
         # message, so both sides get each other's nonce (and sign) at the same time.
         nonce = os.urandom(HANDSHAKE_NONCE_BYTES)
-        announced = self._listen_addrs if self.config.announce else ()
+        announced = tuple(self.announced_addrs()) if self.config.announce else ()
         hello = hello_message(self.identity, nonce, cert_hash, self.instance, announced)
         conn.quic.send(conn.hs_send_stream, encode_frame(hello))
         self._tell_handshake(
@@ -991,10 +1160,10 @@ class QuicEndpoint:
         if conn.hs_send_stream is not None:
             conn.quic.send(conn.hs_send_stream, b"", end_stream=True)
         peer = self._peer(outcome.peer_id)
-        for text in outcome.listen_addrs:
-            for addr in _parse_addrs([text], outcome.peer_id):
-                _remember_addr(peer, addr)
-        if conn.dial_addr is not None:
+        for addr in _parse_addrs(outcome.listen_addrs, outcome.peer_id):
+            _remember_addr(peer, addr)
+        peer.relayed = _parse_relayed(outcome.listen_addrs, outcome.peer_id)
+        if conn.dial_addr is not None and conn.how is How.DIRECT:
             _remember_addr(peer, conn.dial_addr, first=True)
         futures, conn.dial_futures = conn.dial_futures, []
         for future in futures:
@@ -1151,6 +1320,8 @@ class QuicEndpoint:
             if self._cids.get(cid) is conn:
                 del self._cids[cid]
         self._dirty.pop(conn, None)
+        if conn.circuit is not None:
+            self._forget_circuit(conn.addr)
         timers = (conn.timer, conn.setup_timer, conn.keepalive_timer, conn.probe_timer)
         for timer in (*timers, conn.drain_timer):
             if timer is not None:
@@ -1187,12 +1358,22 @@ class QuicEndpoint:
             if peer.conn is None:
                 log.info("peer %s disconnected: %s", _short(peer.peer_id), reason)
                 self._emit(PeerDisconnected(peer.peer_id, reason))
+                self._relay_gone(peer.peer_id)
         elif not was_ready and conn.role is Role.CLIENT and peer.conn is None:
+            if peer.cascading:
+                self._pump(peer)
+                return
             peer.dialing = False
             if peer.queue:
                 self._dial_next(peer, error)
                 return
         self._pump(peer)
+
+    def _relay_gone(self, peer_id: bytes) -> None:
+        """``peer_id`` disconnected: circuits through it (as relay or as an end) end."""
+        self.relay.forget_peer(peer_id)
+        for conn in [c for c in self._conns.values() if c.circuit and c.circuit[0] == peer_id]:
+            self._abort(conn, "relay disconnected", ConnectionLost("the relay disconnected"))
 
     def _survivor(self, peer: _Peer) -> _Conn | None:
         """Another ready connection to the peer (a draining one), promoted to current."""
@@ -1231,6 +1412,156 @@ class QuicEndpoint:
             return False
         return True
 
+    # -- NAT traversal (loop thread) ------------------------------------------------------
+
+    def _send_openers(self, addr: Address, count: int) -> None:
+        sock = self._sock
+        if sock is None or self._closed:
+            return
+        opener = control_datagram(ControlKind.PUNCH_OPENER, os.urandom(NONCE_BYTES))
+        default_ttl = sock.getsockopt(socket.IPPROTO_IP, socket.IP_TTL)
+        try:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, self.config.punch_ttl)
+            for _ in range(count):
+                with contextlib.suppress(OSError):
+                    sock.sendto(opener, addr)
+                    self.stats.datagrams_sent += 1
+        finally:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, default_ttl)
+
+    def _expect_punch(self, addr: Address) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        for stale in [a for a, until in self._expected_punches.items() if until < now]:
+            del self._expected_punches[stale]
+        self._expected_punches[addr] = now + EXPECTED_PUNCH_SECONDS
+
+    def _pin(self, peer_id: bytes, pinned: bool) -> None:
+        peer = self._peers.get(peer_id)
+        if peer is not None and peer.conn is not None:
+            peer.conn.pinned = pinned
+
+    def _circuit_address(self, relay_id: bytes, circuit: int) -> Address:
+        """The virtual address of a circuit (made on first use)."""
+        key = (relay_id, circuit)
+        addr = self._circuit_addr.get(key)
+        if addr is None:
+            n = next(self._virtual_ids) % (1 << 24) or 1
+            addr = (f"0.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}", 1)
+            self._circuit_addr[key] = addr
+            self._circuit_of[addr] = key
+        return addr
+
+    def _forget_circuit(self, addr: Address) -> None:
+        key = self._circuit_of.pop(addr, None)
+        if key is not None:
+            self._circuit_addr.pop(key, None)
+
+    def _dial_circuit(
+        self,
+        relay_id: bytes,
+        circuit: int,
+        expected: bytes,
+        future: pykka.ThreadingFuture[bytes],
+        wait: float,
+    ) -> None:
+        if self._closed:
+            _fail(future, TransportClosed("the transport is closed"))
+            return
+        relay = self._peers.get(relay_id)
+        if relay is None or relay.conn is None or relay.conn.state != "ready":
+            _fail(future, PeerUnreachable("not connected to the relay"))
+            return
+        peer = self._peer(expected)
+        if peer.conn is not None:
+            future.set(expected)
+            return
+        addr = self._circuit_address(relay_id, circuit)
+        conn = self._open(addr, expected, [future], wait, how=How.RELAYED)
+        conn.circuit = (relay_id, circuit)
+
+    def _send_circuit(self, data: bytes, addr: Address) -> None:
+        """Send an inner connection's datagram on its circuit, in a DATAGRAM frame."""
+        key = self._circuit_of.get(addr)
+        if key is None:
+            self.stats.datagrams_dropped += 1
+            return
+        relay = self._peers.get(key[0])
+        conn = None if relay is None else relay.conn
+        payload = pack(key[1], data)
+        if conn is None or conn.state != "ready" or len(payload) > MAX_CIRCUIT_PAYLOAD:
+            self.stats.datagrams_dropped += 1
+            return
+        conn.quic.send_datagram(payload)
+        self._touch(conn)
+
+    def _on_datagram_frame(self, conn: _Conn, payload: bytes) -> None:
+        """A DATAGRAM frame: a circuit datagram for an inner connection of this node,
+        or one this node relays."""
+        assert self._loop is not None
+        unpacked = unpack(payload)
+        if unpacked is None or conn.state != "ready" or conn.peer_id is None:
+            self.stats.datagrams_dropped += 1
+            return
+        circuit, inner = unpacked
+        now = self._loop.time()
+        vaddr = self._circuit_addr.get((conn.peer_id, circuit))
+        if vaddr is not None:
+            target = self._route(inner, vaddr, now)
+            if target is not None:
+                self._deliver(target, vaddr, [inner], now)
+            return
+        to_peer = self.relay.route(conn.peer_id, circuit, len(payload), time.monotonic())
+        peer = None if to_peer is None else self._peers.get(to_peer)
+        out = None if peer is None else peer.conn
+        if out is None or out.state != "ready":
+            self.stats.datagrams_dropped += 1
+            return
+        out.quic.send_datagram(payload)
+        self._touch(out)
+
+    def _on_control_datagram(self, data: bytes, addr: Address) -> None:
+        parsed = parse_control_datagram(data)
+        if parsed is None:
+            self.stats.datagrams_dropped += 1
+            return
+        kind, nonce = parsed
+        if kind is ControlKind.DIAL_BACK and self.on_control is not None:
+            try:
+                self.on_control(kind, nonce, addr)
+            except Exception:
+                log.exception("control datagram handler failed")
+
+    def _cascade_finished(self, peer_id: bytes, error: TransportError | None) -> None:
+        peer = self._peers.get(peer_id)
+        if peer is None:
+            return
+        peer.cascading = False
+        if peer.conn is not None:
+            peer.dialing = False
+            self._pump(peer)
+            return
+        if any(
+            c.state in ("quic", "identity") and c.expected_peer_id == peer_id
+            for c in self._conns.values()
+        ):
+            return  # a dial of the cascade is still running; its end decides
+        peer.dialing = False
+        failure = error or PeerUnreachable(f"cannot reach {_short(peer_id)}")
+        while peer.queue:
+            self._complete(peer.queue.popleft(), error=failure)
+
+    def _on_announce(self, conn: _Conn, listen_addrs: list[str]) -> None:
+        """The peer's addresses changed: remember them and tell the routing table."""
+        assert conn.peer_id is not None
+        conn.listen_addrs = tuple(listen_addrs)
+        peer = self._peer(conn.peer_id)
+        for addr in _parse_addrs(listen_addrs, conn.peer_id):
+            _remember_addr(peer, addr)
+        peer.relayed = _parse_relayed(listen_addrs, conn.peer_id)
+        if peer.conn is conn:
+            self._emit_connected(conn)
+
     # -- keep-alive and RTT ---------------------------------------------------------------
 
     def _schedule_keepalive(self, conn: _Conn) -> None:
@@ -1244,8 +1575,10 @@ class QuicEndpoint:
         conn.keepalive_timer = None
         if conn.state != "ready":
             return
-        in_use = bool(conn.outbound or conn.inbound) or (
-            self._loop.time() - conn.last_used < self.config.idle_timeout
+        in_use = (
+            conn.pinned
+            or bool(conn.outbound or conn.inbound)
+            or (self._loop.time() - conn.last_used < self.config.idle_timeout)
         )
         if in_use:
             self._ping(conn)
@@ -1364,8 +1697,16 @@ class QuicEndpoint:
         conn.inbound[inbound.stream_id] = inbound
         conn.last_used = self._loop.time()
         request = inbound.request
+        if isinstance(request, Announce):
+            self._on_announce(conn, request.listen_addrs)
+            self._send_reply(conn.id, inbound.stream_id, encode_frame(Ok()))
+            return
         if isinstance(request, Ping):
-            observed = format_multiaddr(conn.addr[0], conn.addr[1], conn.peer_id)
+            observed = (
+                ""  # what a relayed connection "comes from" says nothing about the peer
+                if conn.circuit is not None
+                else format_multiaddr(conn.addr[0], conn.addr[1], conn.peer_id)
+            )
             self._send_reply(
                 conn.id, inbound.stream_id, encode_frame(Pong(request.nonce, observed))
             )
@@ -1461,7 +1802,7 @@ class QuicEndpoint:
 
     # -- outbound requests ----------------------------------------------------------------
 
-    def _submit(self, outbound: _Outbound, hints: list[Address]) -> None:
+    def _submit(self, outbound: _Outbound, hints: list[Address], relayed: list[str]) -> None:
         assert self._loop is not None
         if self._closed:
             self._complete(outbound, error=TransportClosed("the transport is closed"))
@@ -1471,6 +1812,9 @@ class QuicEndpoint:
         peer = self._peer(outbound.peer_id)
         for addr in hints:
             _remember_addr(peer, addr)
+        for text in relayed:
+            if text not in peer.relayed:
+                peer.relayed.append(text)
         peer.queue.append(outbound)
         self._pump(peer)
 
@@ -1497,6 +1841,8 @@ class QuicEndpoint:
         attempts = live[0].dial_attempts
         if self._closed:
             last_error = TransportClosed("the transport is closed")
+        if not self._closed and attempts >= len(peer.addrs) and self._start_cascade(peer):
+            return
         if self._closed or attempts >= len(peer.addrs):
             error = last_error or PeerUnreachable(
                 f"not connected to {_short(peer.peer_id)} and no address to dial"
@@ -1508,6 +1854,22 @@ class QuicEndpoint:
         for outbound in live:
             outbound.dial_attempts = attempts + 1
         self._open(addr, peer.peer_id, [])
+
+    def _start_cascade(self, peer: _Peer) -> bool:
+        """Hand a peer whose direct addresses failed to the NatTraverser, if it is
+        behind NAT (has relayed addresses); True if handed."""
+        if not peer.relayed or self.on_cascade is None or peer.cascading:
+            return False
+        peer.cascading = True
+        peer.dialing = True
+        try:
+            self.on_cascade(peer.peer_id, list(peer.relayed))
+        except Exception:
+            log.exception("the NAT traversal cascade could not start")
+            peer.cascading = False
+            peer.dialing = False
+            return False
+        return True
 
     def _start(self, conn: _Conn, peer: _Peer, outbound: _Outbound) -> None:
         assert self._loop is not None
@@ -1624,7 +1986,11 @@ class QuicEndpoint:
                 ConnectionInfo(
                     peer_id=conn.peer_id.hex(),
                     direction=conn.direction,
-                    remote_addr=format_multiaddr(conn.addr[0], conn.addr[1]),
+                    remote_addr=(
+                        format_multiaddr(conn.addr[0], conn.addr[1])
+                        if conn.circuit is None
+                        else f"/p2p/{conn.circuit[0].hex()}/p2p-circuit"
+                    ),
                     pq=conn.group in POST_QUANTUM_GROUPS,
                     group=group_name(conn.group),
                     rtt_ms=None if rtt is None else round(rtt * 1000.0, 3),
@@ -1634,6 +2000,7 @@ class QuicEndpoint:
                     requests_in_flight=len(conn.outbound),
                     requests_sent=conn.requests_sent,
                     requests_served=conn.requests_served,
+                    how=str(conn.how),
                 )
             )
         return infos
@@ -1695,6 +2062,19 @@ def _parse_addrs(texts: Iterable[str], peer_id: bytes) -> list[Address]:
             continue
         addrs.append(parsed.socket_address)
     return addrs
+
+
+def _parse_relayed(texts: Iterable[str], peer_id: bytes) -> list[str]:
+    """Circuit multiaddrs among ``texts`` that lead to ``peer_id``."""
+    relayed: list[str] = []
+    for text in texts:
+        try:
+            parsed = parse_multiaddr(text)
+        except MultiaddrError:
+            continue
+        if parsed.relay_id is not None and parsed.peer_id == peer_id:
+            relayed.append(str(parsed))
+    return relayed[:MAX_RELAYED_PER_PEER]
 
 
 def _dial_target(
