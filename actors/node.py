@@ -55,6 +55,7 @@ from protocol.wire import (
     FindNode,
     GetChunk,
     Message,
+    Nodes,
     Offer,
     PunchNotify,
     PunchRequest,
@@ -347,16 +348,34 @@ class Node:
         for known_id, known_addrs in known:
             if known_id == peer_id:
                 addrs += [a for a in known_addrs if a not in addrs]
-        if not addrs:  # not in the routing table: ask the network
-            for contact in self.lookup(peer_id, 20).get(timeout=60):
-                if contact.peer_id == peer_id:
-                    addrs += list(contact.addrs)
+        if not addrs:  # not in the routing table: ask the peers this node is connected to
+            addrs = self._addresses_of(peer_id)
         result: NotifyingFuture[Any] = NotifyingFuture()
         fresh = bool(request.get("fresh", False))
         self.refs["NatTraverser"].tell(ConnectPeer(peer_id, tuple(addrs), result.set, fresh))
         outcome = result.get(timeout=float(request.get("timeout_s", 60)))
         assert isinstance(outcome, CascadeResult)
         return outcome.as_dict()
+
+    def _addresses_of(self, peer_id: bytes, asked: int = 4) -> list[str]:
+        """The peer's addresses as connected peers know them (FindNode of its own id:
+        a peer that knows it returns it first)."""
+        assert self.transport is not None
+        futures = [
+            self.transport.request(p, FindNode(peer_id), timeout=5.0)
+            for p in self.transport.connected_peers()[:asked]
+        ]
+        addrs: list[str] = []
+        for future in futures:
+            try:
+                reply = future.get(timeout=10)
+            except Exception:
+                continue
+            if isinstance(reply, Nodes):
+                for record in reply.peers:
+                    if record.peer_id == peer_id:
+                        addrs += [a for a in record.addrs if a not in addrs]
+        return addrs
 
     def _control_holds(self, request: dict[str, Any]) -> list[bool]:
         """``{"addresses": [hex, ...]}``: which of these chunks this node holds."""

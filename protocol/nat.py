@@ -136,6 +136,9 @@ class ReachabilityCheck:
         self.recheck_interval = recheck_interval
         self._pending: dict[bytes, _Pending] = {}
         self._failed_helpers: list[bytes] = []
+        """Helpers tried this round (refused, failed or missed): not asked again."""
+        self._misses = 0
+        """Checks this round whose probe never came (the only evidence of PRIVATE)."""
         self._next_check = 0.0
 
     def due(self, now: float) -> bool:
@@ -169,9 +172,12 @@ class ReachabilityCheck:
         expired = [n for n, p in self._pending.items() if p.deadline <= now]
         changed = False
         for nonce in expired:
-            self._failed_helpers.append(self._pending.pop(nonce).helper)
-            misses = len(self._failed_helpers)
-            if misses >= self.failures_for_private:
+            pending = self._pending.pop(nonce, None)
+            if pending is None:  # a verdict earlier in this loop cleared it
+                continue
+            self._failed_helpers.append(pending.helper)
+            self._misses += 1
+            if self._misses >= self.failures_for_private:
                 changed = self._verdict(Reachability.PRIVATE, now) or changed
         return changed
 
@@ -179,6 +185,7 @@ class ReachabilityCheck:
         changed = self.status.reachability != verdict
         self.status.reachability = verdict
         self._failed_helpers.clear()
+        self._misses = 0
         self._pending.clear()
         self._next_check = now + self.recheck_interval
         return changed
@@ -232,7 +239,7 @@ CascadeAction = DialDirect | PunchVia | RelayVia | Connected | GaveUp
 @dataclass(frozen=True)
 class CascadeTimeouts:
     direct: float = 3.0
-    punch: float = 5.0
+    punch: float = 3.0
     relay: float = 10.0
 
 

@@ -118,6 +118,7 @@ PENDING_ICMP_ERRORS: Final = frozenset(
 )
 IP_RECVERR: Final = 11  # linux/in.h; not exported by Python's socket module
 SO_EE_ORIGIN_ICMP: Final = 2
+ICMP_DEST_UNREACH: Final = 3
 _EXTENDED_ERROR = struct.Struct("=IBBBBII")
 RECV_BATCH: Final = 256
 FLUSH_EVERY = 8
@@ -876,6 +877,7 @@ class QuicEndpoint:
         sock = self._sock
         assert sock is not None
         unreachable: set[Address] = set()
+        no_route: set[Address] = set()
         while True:
             try:
                 _data, ancillary, _flags, addr = sock.recvmsg(1, 1024, socket.MSG_ERRQUEUE)
@@ -888,11 +890,25 @@ class QuicEndpoint:
                     continue
                 if len(payload) < _EXTENDED_ERROR.size:
                     continue
-                error_number, origin = _EXTENDED_ERROR.unpack_from(payload)[:2]
-                if origin == SO_EE_ORIGIN_ICMP and error_number == errno.ECONNREFUSED and addr:
+                error_number, origin, icmp_type = _EXTENDED_ERROR.unpack_from(payload)[:3]
+                if origin != SO_EE_ORIGIN_ICMP or not addr:
+                    continue
+                if error_number == errno.ECONNREFUSED:
                     unreachable.add((addr[0], addr[1]))
+                elif icmp_type == ICMP_DEST_UNREACH:  # not a punch opener's time exceeded
+                    no_route.add((addr[0], addr[1]))
         for target in unreachable:
             self._port_unreachable(target)
+        for target in no_route:
+            self._no_route(target)
+
+    def _no_route(self, addr: Address) -> None:
+        """A router says there is no way to ``addr``: dials to it fail now, not at their
+        timeout (typically a peer's private LAN address announced before it knew)."""
+        for conn in [c for c in self._conns.values() if c.addr == addr and c.state == "quic"]:
+            if conn.role is Role.CLIENT:
+                detail = f"{addr[0]}:{addr[1]}: no route (ICMP destination unreachable)"
+                self._abort(conn, "no route", PeerUnreachable(detail))
 
     def _port_unreachable(self, addr: Address) -> None:
         self.stats.port_unreachable += 1
@@ -1810,6 +1826,10 @@ class QuicEndpoint:
         delay = max(0.0, outbound.deadline - time.monotonic())
         outbound.timer = self._loop.call_later(delay, self._request_expired, outbound)
         peer = self._peer(outbound.peer_id)
+        if relayed and not hints:
+            # the peer now says it is reachable only through relays: what direct
+            # addresses were learnt of it before are stale (e.g. its LAN address)
+            peer.addrs.clear()
         for addr in hints:
             _remember_addr(peer, addr)
         for text in relayed:
