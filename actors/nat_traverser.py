@@ -396,7 +396,10 @@ class NatTraverser(NodeActor):
             self._measure_rtt(job, how)
             return
         self.figures["cascades"] += 1
-        cascade = DialCascade(direct, relayed, now, self.config.timeouts, punch=self.config.punch)
+        # behind a symmetric NAT, the far side would open its NAT toward a port our
+        # router does not use for it: straight to the relay
+        punch = self.config.punch and not self.nat.symmetric()
+        cascade = DialCascade(direct, relayed, now, self.config.timeouts, punch=punch)
         job = _Job(next(self._job_ids), peer_id, cascade, now, from_transport)
         if on_done is not None:
             job.waiters.append(on_done)
@@ -548,6 +551,9 @@ class NatTraverser(NodeActor):
             case PunchRequest(target=target):
                 self._coordinate(request, target)
             case PunchNotify(addr=addr):
+                if self.nat.symmetric():
+                    request.reply(Error(ErrorCode.REFUSED, "behind a symmetric NAT: use a relay"))
+                    return
                 try:
                     initiator_addr = parse_multiaddr(addr).socket_address
                 except MultiaddrError as exc:

@@ -48,6 +48,7 @@ from protocol.chunk_cache import DEFAULT_CACHE_BYTES
 from protocol.identity import Identity, load_or_create
 from protocol.lookup import Contact
 from protocol.nat import Reachability
+from protocol.relay import RelayLimits
 from protocol.wire import (
     DialBack,
     Error,
@@ -113,6 +114,8 @@ class NodeConfig:
     """Relay and coordinate hole punches for peers behind NAT (when public)."""
     reachability: Reachability | None = None
     """Skip the dial-back checks and take this verdict."""
+    relay_limits: RelayLimits = field(default_factory=RelayLimits)
+    """What this node grants peers behind NAT when it relays for them."""
     punch: bool = True
     control_socket: bool = True
     identity: Identity | None = field(default=None, repr=False)
@@ -193,6 +196,7 @@ class Node:
                 port=self.config.port,
                 quic=self.config.quic,
                 punch_ttl=self.config.punch_ttl,
+                relay_limits=self.config.relay_limits,
             ),
             dispatch=self._dispatch,
             on_peer_connected=self._tell("BucketManager"),

@@ -114,6 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the dial-back checks: this node is known to be public / behind NAT",
     )
     run.add_argument(
+        "--relay-rate",
+        type=_size,
+        default="8MiB",
+        help="bandwidth granted to each peer relayed through this node, per second (default 8MiB)",
+    )
+    run.add_argument(
+        "--relay-max-clients",
+        type=int,
+        default=64,
+        help="peers behind NAT this node relays for at most (default 64)",
+    )
+    run.add_argument(
         "--no-relay",
         dest="serve_relay",
         action="store_false",
@@ -245,6 +257,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from persistence.root_dir import default_root_dir, name_root_dir_by_peer_id, prepare_root_dir
     from protocol.identity import load_or_create
     from protocol.nat import Reachability
+    from protocol.relay import RelayLimits
 
     root_dir = prepare_root_dir(args.root_dir if args.root_dir is not None else default_root_dir())
     if args.root_dir is None:
@@ -269,6 +282,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         punch_ttl=args.punch_ttl,
         reachability=None if args.reachability is None else Reachability(args.reachability),
         serve_relay=args.serve_relay,
+        relay_limits=RelayLimits(
+            max_reservations=args.relay_max_clients, bytes_per_second=args.relay_rate
+        ),
     )
     log_file = logs.configure(args.log_level, args.log_format, root_dir)
     if args.tui:  # the screen belongs to the TUI: log to the file only

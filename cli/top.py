@@ -125,7 +125,9 @@ def _header(status: Mapping[str, Any]) -> RenderableType:
         facts.append(f"{sum(isinstance(c, Mapping) for c in connections)} connections")
     nat = status.get("nat")
     if isinstance(nat, Mapping) and "reachability" in nat:
-        facts.append(f"nat {nat['reachability']}")
+        relay = nat.get("relay")
+        via = f" via relay {str(relay)[:12]}" if relay else ""
+        facts.append(f"nat {nat['reachability']}{via}")
     if facts:
         grid.add_row("node", "   ".join(facts))
     if isinstance(nat, Mapping):

@@ -55,6 +55,16 @@ class NatStatus:
         ]
         return [a for _, a in sorted(items, reverse=True)]
 
+    def symmetric(self) -> bool:
+        """Whether peers see this node at one host but different ports: a symmetric NAT
+        (a new mapping per destination), against which hole punching cannot work."""
+        ports: dict[str, set[str]] = {}
+        for address in self._observed:
+            parts = address.split("/")
+            if len(parts) > 4:
+                ports.setdefault(parts[2], set()).add(parts[4])
+        return any(len(p) > 1 for p in ports.values())
+
     def dial_back_result(self, succeeded: bool) -> None:
         """A peer we never contacted tried to dial our observed address: the verdict."""
         self.reachability = Reachability.PUBLIC if succeeded else Reachability.PRIVATE
@@ -64,6 +74,7 @@ class NatStatus:
             "reachability": str(self.reachability),
             "observed_addrs": {a: len(o.reporters) for a, o in self._observed.items()},
             "confirmed_addrs": self.confirmed(),
+            "symmetric": self.symmetric(),
         }
 
 

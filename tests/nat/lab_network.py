@@ -9,9 +9,9 @@ import json
 import subprocess
 import sys
 import time
-from functools import partial
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -57,9 +57,10 @@ class LabNode:
 class LabNetwork:
     """Start with ``start()``; ``stop()`` ends every node (the lab's stop kills leftovers)."""
 
-    def __init__(self, lab: NatLab, directory: Path) -> None:
+    def __init__(self, lab: NatLab, directory: Path, node_args: Sequence[str] = ()) -> None:
         self.lab = lab
         self.dir = directory
+        self.node_args = tuple(node_args)
         self.nodes: dict[str, LabNode] = {}
 
     def start(self, timeout: float = 60.0) -> LabNetwork:
@@ -108,6 +109,7 @@ class LabNetwork:
             "10",
             "--punch-ttl",
             str(PUNCH_TTL),
+            *self.node_args,
             *extra,
         ]
         log = (self.dir / f"{name}.out").open("wb")
