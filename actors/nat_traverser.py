@@ -146,6 +146,8 @@ class _Job:
     started: float
     from_transport: bool
     waiters: list[Callable[[CascadeResult], None]] = field(default_factory=list)
+    transport_waits: bool = False
+    """The Transport asked for this peer too (``ReachPeer``): tell it the end."""
 
 
 # -- internal messages (results of remote calls, told back to the actor) ---------------
@@ -289,7 +291,7 @@ class NatTraverser(NodeActor):
         if self.check.expire(now):
             self._reachability_changed()
         if self.config.reachability is None and self.check.due(now):
-            helper = self.check.choose_helper(self.transport.connected_peers())
+            helper = self.check.choose_helper(self.transport.connected_peers(), now)
             if helper is not None:
                 nonce = os.urandom(NONCE_BYTES)
                 self.check.started(nonce, helper, now)
@@ -298,7 +300,9 @@ class NatTraverser(NodeActor):
         if self.nat.reachability is Reachability.PRIVATE:
             if self._relay is None and self._reserving is None:
                 self._reserve(now)
-            elif self._relay is not None and now >= self._relay_renew_at:
+            elif (
+                self._relay is not None and self._reserving is None and now >= self._relay_renew_at
+            ):
                 self._reserving = self._relay
                 self._ask_reservation(self._relay)
 
@@ -382,6 +386,7 @@ class NatTraverser(NodeActor):
             if job.peer_id == peer_id:  # one cascade per peer at a time
                 if on_done is not None:
                     job.waiters.append(on_done)
+                job.transport_waits |= from_transport
                 return
         if not from_transport and self._connected(peer_id):
             cascade = DialCascade([], [], now)
@@ -532,7 +537,7 @@ class NatTraverser(NodeActor):
                 error,
             )
             log.info("cannot reach %s: %s", job.peer_id.hex()[:12], error)
-        if job.from_transport:
+        if job.from_transport or job.transport_waits:
             failure = None if result.connected else PeerUnreachable(error or "unreachable")
             self.transport.cascade_finished(job.peer_id, failure)
         for waiter in job.waiters:

@@ -140,11 +140,13 @@ class ReachabilityCheck:
         wait: float = 2.0,
         failures_for_private: int = 2,
         recheck_interval: float = 600.0,
+        round_backoff: float = 30.0,
     ) -> None:
         self.status = status
         self.wait = wait
         self.failures_for_private = failures_for_private
         self.recheck_interval = recheck_interval
+        self.round_backoff = round_backoff
         self._pending: dict[bytes, _Pending] = {}
         self._failed_helpers: list[bytes] = []
         """Helpers tried this round (refused, failed or missed): not asked again."""
@@ -155,11 +157,19 @@ class ReachabilityCheck:
     def due(self, now: float) -> bool:
         return not self._pending and now >= self._next_check
 
-    def choose_helper(self, connected: list[bytes]) -> bytes | None:
-        """A connected peer not tried in the current round (the first untried one)."""
+    def choose_helper(self, connected: list[bytes], now: float | None = None) -> bytes | None:
+        """A connected peer not tried in the current round (the first untried one).
+
+        When every connected peer was tried without a verdict (they refused, or too
+        few probes went missing), a new round starts ``round_backoff`` later (with
+        ``now`` given), so the node does not stay UNKNOWN for good."""
         for peer in connected:
             if peer not in self._failed_helpers:
                 return peer
+        if now is not None and connected and not self._pending:
+            self._failed_helpers.clear()
+            self._misses = 0
+            self._next_check = now + self.round_backoff
         return None
 
     def started(self, nonce: bytes, helper: bytes, now: float) -> None:

@@ -99,6 +99,12 @@ class RelayTable:
             return Refused("the peer holds no reservation on this relay")
         if initiator == target:
             return Refused("a circuit to oneself")
+        # The relay cannot see an inner connection end: an initiator asks for a new
+        # circuit only when its connection through the old one is gone, so the new one
+        # replaces it (else old circuits pile up until no one can reach the target).
+        for stale in [c.id for c in self._circuits.values() if c.initiator == initiator]:
+            if stale in reservation.circuits:
+                self.close(stale)
         if len(reservation.circuits) >= self.limits.max_circuits_per_client:
             return Refused("too many circuits to this peer")
         circuit = Circuit(self._allocate_id(), initiator, target)
@@ -115,7 +121,7 @@ class RelayTable:
             self.counters.datagrams_dropped_no_circuit += 1
             return None
         reservation = self._reservations.get(circuit.target)
-        if reservation is None:
+        if reservation is None or reservation.expires <= now:
             self.counters.datagrams_dropped_no_circuit += 1
             return None
         limits = self.limits

@@ -319,6 +319,8 @@ class _Conn:
     """(relay PeerId, circuit id) of a connection carried through a relay."""
     pinned: bool = False
     """Kept alive even when idle (the connection to this node's relay)."""
+    hello_addrs: tuple[str, ...] = ()
+    """The addresses this node's Hello announced on this connection."""
 
     @property
     def direction(self) -> Direction:
@@ -1125,6 +1127,7 @@ class QuicEndpoint:
         # message, so both sides get each other's nonce (and sign) at the same time.
         nonce = os.urandom(HANDSHAKE_NONCE_BYTES)
         announced = tuple(self.announced_addrs()) if self.config.announce else ()
+        conn.hello_addrs = announced
         hello = hello_message(self.identity, nonce, cert_hash, self.instance, announced)
         conn.quic.send(conn.hs_send_stream, encode_frame(hello))
         self._tell_handshake(
@@ -1185,6 +1188,10 @@ class QuicEndpoint:
         for future in futures:
             future.set(outcome.peer_id)
         self._install(conn, peer)
+        if self.config.announce and conn.hello_addrs != tuple(self.announced_addrs()):
+            # The addresses changed during the handshake, after the Hello left, and the
+            # NatTraverser's Announce went only to the peers connected then.
+            self.request(outcome.peer_id, Announce(self.announced_addrs()), 5.0)
         held, conn.held = conn.held, []
         for inbound in held:
             self._handle_request(conn, inbound)
