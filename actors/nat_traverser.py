@@ -498,12 +498,20 @@ class NatTraverser(NodeActor):
 
     def _measure_rtt(self, job: _Job, how: str | None) -> None:
         connect_ms = round((time.monotonic() - job.started) * 1000.0, 3)
+        # the connection the peer has now says how (another route may have won meanwhile)
+        how = next(
+            (c.how for c in self.transport.connections() if c.peer_id == job.peer_id.hex()), how
+        )
         result = CascadeResult(
             job.peer_id.hex(), True, how, connect_ms, None, list(job.cascade.attempts)
         )
-        if job.from_transport:  # the requests waiting are the point: let them go now
-            self._finish(job, result, None)
-            return
+        if job.from_transport or job.transport_waits:
+            # the requests waiting are the point: let them go now
+            self.transport.cascade_finished(job.peer_id, None)
+            job.from_transport = job.transport_waits = False
+            if not job.waiters:
+                self._finish(job, result, None)
+                return
         sent = time.monotonic()
         future = self.transport.request(job.peer_id, Ping(int.from_bytes(os.urandom(7))), 5.0)
         when_done(future, lambda o: self._tell(_RttMeasured(job.id, result, o, sent)))
