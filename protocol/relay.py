@@ -30,6 +30,8 @@ class RelayLimits:
     max_circuits_per_client: int = 16
     bytes_per_second: int = 8 * 1024 * 1024
     burst_bytes: int = 1024 * 1024
+    circuit_idle_seconds: float = 120.0
+    """A circuit nothing crossed for this long may give its place to a new one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,7 @@ class RelayTable:
         self.limits = limits or RelayLimits()
         self._reservations: dict[bytes, Reservation] = {}
         self._circuits: dict[int, Circuit] = {}
+        self._last_used: dict[int, float] = {}
         self._next_id = 1
         self.counters = RelayCounters()
 
@@ -106,9 +109,15 @@ class RelayTable:
             if stale in reservation.circuits:
                 self.close(stale)
         if len(reservation.circuits) >= self.limits.max_circuits_per_client:
+            # the relay never sees an inner connection end: idle circuits give way
+            idle_before = now - self.limits.circuit_idle_seconds
+            for idle in [c for c in reservation.circuits if self._last_used[c] <= idle_before]:
+                self.close(idle)
+        if len(reservation.circuits) >= self.limits.max_circuits_per_client:
             return Refused("too many circuits to this peer")
         circuit = Circuit(self._allocate_id(), initiator, target)
         self._circuits[circuit.id] = circuit
+        self._last_used[circuit.id] = now
         reservation.circuits.add(circuit.id)
         self.counters.circuits_opened += 1
         return circuit
@@ -134,12 +143,14 @@ class RelayTable:
             self.counters.datagrams_dropped_over_budget += 1
             return None
         reservation.tokens -= size
+        self._last_used[circuit_id] = now
         self.counters.datagrams_relayed += 1
         self.counters.bytes_relayed += size
         return circuit.target if sender == circuit.initiator else circuit.initiator
 
     def close(self, circuit_id: int) -> None:
         circuit = self._circuits.pop(circuit_id, None)
+        self._last_used.pop(circuit_id, None)
         if circuit is not None:
             reservation = self._reservations.get(circuit.target)
             if reservation is not None:

@@ -316,3 +316,18 @@ def test_pack_is_big_endian() -> None:
 @given(st.binary(max_size=CIRCUIT_HEADER.size))
 def test_unpack_rejects_a_payload_without_an_inner_datagram(payload: bytes) -> None:
     assert unpack(payload) is None
+
+
+def test_idle_circuits_give_way_when_the_limit_is_reached() -> None:
+    limits = RelayLimits(max_circuits_per_client=2, circuit_idle_seconds=60.0)
+    table = RelayTable(limits)
+    table.reserve(CLIENT, 0.0)
+    first = table.open(b"\x01" * 32, CLIENT, 0.0)
+    second = table.open(b"\x02" * 32, CLIENT, 0.0)
+    assert isinstance(first, Circuit) and isinstance(second, Circuit)
+    assert table.route(b"\x02" * 32, second.id, 100, 50.0) == CLIENT  # second is in use
+    assert isinstance(table.open(b"\x03" * 32, CLIENT, 30.0), Refused)  # none idle yet
+    third = table.open(b"\x03" * 32, CLIENT, 61.0)  # the first is idle: it gives way
+    assert isinstance(third, Circuit)
+    assert table.route(b"\x01" * 32, first.id, 100, 62.0) is None
+    assert table.route(b"\x02" * 32, second.id, 100, 62.0) == CLIENT
