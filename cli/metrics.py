@@ -97,6 +97,36 @@ def render(status: dict[str, Any]) -> str:
     metric(
         "autonomi_gets_total", "counter", "GET requests served.", [(None, status.get("gets", 0))]
     )
+    nat = status.get("nat", {})
+    reachability = str(nat.get("reachability", "unknown"))
+    metric(
+        "autonomi_reachability",
+        "gauge",
+        "1 for this node's reachability verdict (public, private or unknown).",
+        [({"verdict": v}, int(v == reachability)) for v in ("public", "private", "unknown")],
+    )
+    relaying = nat.get("relaying", {})
+    metric(
+        "autonomi_relay_reservations",
+        "gauge",
+        "Peers behind NAT holding a relay reservation on this node.",
+        [(None, relaying.get("reservations", 0))],
+    )
+    metric(
+        "autonomi_relayed_bytes_total",
+        "counter",
+        "Bytes this node relayed for peers behind NAT.",
+        [(None, relaying.get("bytes_relayed", 0))],
+    )
+    metric(
+        "autonomi_relay_dropped_total",
+        "counter",
+        "Relayed datagrams dropped, by why.",
+        [
+            ({"why": "over_budget"}, relaying.get("datagrams_dropped_over_budget", 0)),
+            ({"why": "no_circuit"}, relaying.get("datagrams_dropped_no_circuit", 0)),
+        ],
+    )
     rejected = status.get("handshake", {}).get("rejected", {})
     metric(
         "autonomi_handshake_failures_total",

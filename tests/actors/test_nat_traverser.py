@@ -34,7 +34,8 @@ from actors.handshake import BeginHandshake, Handshake
 from actors.messages import ConnectPeer, RoutingSnapshot
 from actors.nat_traverser import CascadeResult
 from actors.node import Node, NodeConfig
-from protocol.errors import PeerUnreachable, RemoteError
+from protocol.errors import PeerRejected, PeerUnreachable, RemoteError
+from protocol.handshake import RejectReason
 from protocol.multiaddr import parse_multiaddr
 from protocol.nat import Reachability
 from protocol.wire import (
@@ -47,6 +48,7 @@ from protocol.wire import (
     Ping,
     Pong,
     PunchRequest,
+    RelayCircuit,
     RelayConnect,
     RelayIncoming,
     RelayReserve,
@@ -553,3 +555,20 @@ def test_an_address_change_during_a_handshake_reaches_that_peer(
         "the peer to learn the new address",
         lambda: _known_addrs(peer, mover_id) == (circuit,),
     )
+
+
+def test_a_circuit_binds_the_identity_the_dialer_expects(net: Net) -> None:
+    """The relay only forwards ciphertext: a dialer expecting another PeerId than the
+    node at the circuit's far end gets a rejected handshake, not a connection."""
+    dialer = net.relayed_dialer
+    assert dialer.transport is not None
+    opened = dialer.transport.request(
+        _id(net.relay), RelayConnect(_id(net.private)), WAIT, addrs=[_listen_addr(net.relay)]
+    ).get(timeout=WAIT)
+    assert isinstance(opened, RelayCircuit)
+    impostor = os.urandom(32)  # what a lying relay would claim sits behind the circuit
+    with pytest.raises(PeerRejected) as rejected:
+        dialer.transport.dial_circuit(_id(net.relay), opened.circuit, impostor, WAIT).get(
+            timeout=WAIT + 5
+        )
+    assert rejected.value.reason == RejectReason.UNEXPECTED_PEER_ID

@@ -33,6 +33,15 @@ STATUS: dict[str, Any] = {
     "puts": 9,
     "gets": 3,
     "handshake": {"rejected": {"bad_signature": 2}},
+    "nat": {
+        "reachability": "public",
+        "relaying": {
+            "reservations": 3,
+            "bytes_relayed": 4096,
+            "datagrams_dropped_over_budget": 5,
+            "datagrams_dropped_no_circuit": 1,
+        },
+    },
 }
 
 
@@ -47,6 +56,11 @@ def test_render_has_every_figure() -> None:
     assert "autonomi_bytes_stored 7000" in text
     assert "autonomi_puts_total 9" in text and "autonomi_gets_total 3" in text
     assert 'autonomi_handshake_failures_total{reason="bad_signature"} 2' in text
+    assert 'autonomi_reachability{verdict="public"} 1' in text
+    assert 'autonomi_reachability{verdict="private"} 0' in text
+    assert "autonomi_relay_reservations 3" in text
+    assert "autonomi_relayed_bytes_total 4096" in text
+    assert 'autonomi_relay_dropped_total{why="over_budget"} 5' in text
     for line in text.splitlines():
         assert line.startswith("#") or len(line.split(" ")) == 2
 
