@@ -160,7 +160,7 @@ class BucketManager(NodeActor):
         if self.database is not None:
             records = self.database.load_peers()
             self.restored = self.table.import_entries(
-                StoredPeer(p.peer_id, p.addrs, p.last_seen, p.failures)
+                StoredPeer(p.peer_id, p.addrs, p.last_seen, p.failures, p.ip)
                 for p in records
                 if p.in_routing_table
             )
@@ -401,7 +401,7 @@ class BucketManager(NodeActor):
         if not force and now - self._saved_at < SAVE_DEBOUNCE:
             return
         self.database.save_peers(
-            PersistedPeer(e.peer_id, e.addrs, e.last_seen, e.failures)
+            PersistedPeer(e.peer_id, e.addrs, e.last_seen, e.failures, ip=e.ip)
             for e in self.table.export_entries()
         )
         self._dirty = False

@@ -81,6 +81,8 @@ class StoredPeer:
     failures: int = 0
     in_routing_table: bool = True
     """True: it was in its k-bucket; False: in the bucket's replacement cache."""
+    ip: str | None = None
+    """The IP it was seen at (None: not known, e.g. saved before revision 0003)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,6 +400,7 @@ class Database:
                     last_seen=row.last_seen,
                     failures=row.failures,
                     in_routing_table=bool(row.in_routing_table),
+                    ip=row.ip,
                 )
                 for row in connection.execute(_LOAD_PEERS)
             ]
@@ -513,6 +516,7 @@ def _peer_values(peer: StoredPeer) -> dict[str, Any]:
         "last_seen": peer.last_seen,
         "failures": peer.failures,
         "in_routing_table": peer.in_routing_table,
+        "ip": peer.ip,
     }
 
 
@@ -536,7 +540,7 @@ _UPSERT_PEER = _upsert_peer.on_conflict_do_update(
     index_elements=[_peers.c.peer_id],
     set_={
         name: _upsert_peer.excluded[name]
-        for name in ("addrs", "last_seen", "failures", "in_routing_table")
+        for name in ("addrs", "last_seen", "failures", "in_routing_table", "ip")
     },
 )
 _LOAD_PEERS = select(
@@ -545,6 +549,7 @@ _LOAD_PEERS = select(
     _peers.c.last_seen,
     _peers.c.failures,
     _peers.c.in_routing_table,
+    _peers.c.ip,
 ).order_by(_peers.c.in_routing_table.desc(), _peers.c.last_seen, _peers.c.peer_id)
 _peer_id_is = _peers.c.peer_id == bindparam("match_peer_id")
 _DELETE_PEER = delete(_peers).where(_peer_id_is)

@@ -73,6 +73,8 @@ class PeerRow(Base):
     """Consecutive failed contacts since it last answered."""
     in_routing_table: Mapped[bool] = mapped_column(server_default=text("1"))
     """True: in its k-bucket; False: in that bucket's replacement cache (revision 0002)."""
+    ip: Mapped[str | None] = mapped_column(String(45))
+    """The IP the peer was seen at, for the per-IP limits (revision 0003)."""
 
 
 class ChunkRow(Base):

@@ -107,3 +107,27 @@ def test_a_failing_event_handler_does_not_kill_the_actor() -> None:
         assert figures.processed == 4  # Tick, ping, unknown, and the proxy read of .meter
     finally:
         ref.stop()
+
+
+def test_restored_peers_keep_their_ip_and_its_limits(tmp_path: Path) -> None:
+    """Three saved peers of one bucket at one IP: the table restores two (the per-IP
+    limit), because the IP survives the restart (migration 0003)."""
+    from persistence.database import StoredPeer, open_database
+    from protocol.identity import Identity
+
+    identity = Identity.from_seed(bytes(32))
+    flipped = bytes([identity.peer_id[0] ^ 0x80])  # the far half: bucket 255
+    peers = [
+        StoredPeer(flipped + bytes([i]) * 31, (f"/ip4/198.51.100.7/udp/{i}/quic-v1",), float(i))
+        for i in range(1, 4)
+    ]
+    with open_database(tmp_path) as database:
+        database.save_peers(
+            StoredPeer(p.peer_id, p.addrs, p.last_seen, ip="198.51.100.7") for p in peers
+        )
+    node = Node(NodeConfig(root_dir=tmp_path, identity=identity, control_socket=False))
+    node.start()
+    try:
+        assert node.status()["routing_table_restored"] == 2
+    finally:
+        node.stop()

@@ -265,6 +265,16 @@ def test_peers_are_saved_as_a_whole_and_loaded_in_bucket_order(database: Databas
     assert database.load_peers() == []
 
 
+def test_peers_keep_the_ip_they_were_seen_at(database: Database) -> None:
+    seen = StoredPeer(address(1), ("/ip4/198.51.100.7/udp/1",), 1.0, ip="198.51.100.7")
+    unknown = StoredPeer(address(2), (), 2.0)
+    database.save_peers([seen, unknown])
+    assert database.load_peers() == [seen, unknown]
+    moved = StoredPeer(address(1), ("/ip4/203.0.113.9/udp/1",), 3.0, ip="203.0.113.9")
+    database.upsert_peer(moved)
+    assert database.load_peers()[-1] == moved
+
+
 def test_a_failed_peer_save_keeps_the_previous_peers(database: Database) -> None:
     kept = [StoredPeer(address(1), (), 1.0)]
     database.save_peers(kept)
