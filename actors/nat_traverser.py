@@ -19,6 +19,7 @@ and how to reach peers behind NAT.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -43,7 +44,13 @@ from actors.messages import (
 )
 from actors.transport import TransportHandle
 from protocol.errors import PeerUnreachable
-from protocol.multiaddr import MultiaddrError, format_multiaddr, parse_multiaddr
+from protocol.multiaddr import (
+    Multiaddr,
+    MultiaddrError,
+    format_multiaddr,
+    parse_multiaddr,
+    split_addrs,
+)
 from protocol.nat import (
     NONCE_BYTES,
     Attempt,
@@ -51,6 +58,7 @@ from protocol.nat import (
     CascadeTimeouts,
     Connected,
     ControlKind,
+    DialBackLimiter,
     DialCascade,
     DialDirect,
     GaveUp,
@@ -84,8 +92,6 @@ from protocol.wire import (
 log = logging.getLogger(__name__)
 
 DIAL_BACK_PROBES: Final = 3
-DIAL_BACK_MIN_INTERVAL: Final = 5.0
-"""Seconds between two dial-backs this node sends for one peer (no probe storms)."""
 COORDINATION_TIMEOUT: Final = 3.0
 RESERVE_RETRY: Final = 10.0
 
@@ -118,24 +124,7 @@ class CascadeResult:
     error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "peer_id": self.peer_id,
-            "connected": self.connected,
-            "how": self.how,
-            "connect_ms": self.connect_ms,
-            "rtt_ms": self.rtt_ms,
-            "attempts": [_attempt(a) for a in self.attempts],
-            "error": self.error,
-        }
-
-
-def _attempt(attempt: Attempt) -> dict[str, Any]:
-    return {
-        "step": attempt.step,
-        "via": attempt.via,
-        "outcome": attempt.outcome,
-        "seconds": attempt.seconds,
-    }
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -161,14 +150,9 @@ class _StepDone:
 
 
 @dataclass(frozen=True, slots=True)
-class _PunchAnswered:
-    job_id: int
-    step: int
-    outcome: Outcome[Message]
+class _RelayAnswered:
+    """A relay's answer to a punch (``PunchRequest``) or circuit (``RelayConnect``) request."""
 
-
-@dataclass(frozen=True, slots=True)
-class _CircuitAnswered:
     job_id: int
     step: int
     relay_id: bytes
@@ -223,7 +207,7 @@ class NatTraverser(NodeActor):
         self._relay_renew_at = 0.0
         self._reserving: bytes | None = None
         self._refused_relays: dict[bytes, float] = {}
-        self._dial_backs_sent: dict[bytes, float] = {}
+        self._dial_backs = DialBackLimiter()
         self.figures = {"cascades": 0, "direct": 0, "punched": 0, "relayed": 0, "failed": 0}
 
     # -- messages ----------------------------------------------------------------------
@@ -243,9 +227,14 @@ class NatTraverser(NodeActor):
             case ConnectPeer(peer_id=peer_id, addrs=addrs, on_done=on_done, fresh=fresh):
                 if fresh:
                     self.transport.disconnect(peer_id)
-                direct = [a for a in addrs if "/p2p-circuit" not in a]
-                relayed = [a for a in addrs if "/p2p-circuit" in a]
-                self._start_job(peer_id, direct, relayed, on_done, from_transport=False)
+                direct, relayed = split_addrs(addrs, peer_id)
+                self._start_job(
+                    peer_id,
+                    [str(m) for m in direct],
+                    [str(m) for m in relayed],
+                    on_done,
+                    from_transport=False,
+                )
             case PeerDisconnected(peer_id=peer_id):
                 if peer_id == self._relay:
                     log.info("lost the relay %s: looking for another", peer_id.hex()[:12])
@@ -255,10 +244,8 @@ class NatTraverser(NodeActor):
                 self._serve(message, now)
             case _StepDone():
                 self._step_done(message, now)
-            case _PunchAnswered():
-                self._punch_answered(message, now)
-            case _CircuitAnswered():
-                self._circuit_answered(message, now)
+            case _RelayAnswered():
+                self._relay_answered(message, now)
             case _RttMeasured():
                 self._rtt_measured(message)
             case _DialBackAnswered(nonce=nonce, outcome=outcome):
@@ -362,8 +349,8 @@ class NatTraverser(NodeActor):
             address = self.transport.peer_address(self._relay)
             if address is None:
                 return
-            relay_addr = format_multiaddr(address[0], address[1], self._relay)
-            addrs: list[str] | None = [f"{relay_addr}/p2p-circuit/p2p/{self.own_id.hex()}"]
+            circuit = Multiaddr(address[0], address[1], self.own_id, relay_id=self._relay)
+            addrs: list[str] | None = [str(circuit)]
         else:
             addrs = None
         self.transport.set_announced(addrs)
@@ -418,27 +405,21 @@ class NatTraverser(NodeActor):
     def _perform(self, job: _Job, action: CascadeAction) -> None:
         step = len(job.cascade.attempts)
         match action:
-            case DialDirect(addr=addr, timeout=timeout):
+            case DialDirect(via=addr, timeout=timeout):
                 dialled = self.transport.dial(addr, job.peer_id, timeout)
                 when_done(dialled, lambda o: self._tell(_StepDone(job.id, step, _why(o))))
-            case PunchVia(coordinator=coordinator, timeout=timeout):
-                relay_id = _peer_of(coordinator)
+            case PunchVia(via=via, timeout=timeout) | RelayVia(via=via, timeout=timeout):
+                relay_id = _peer_of(via)
                 if relay_id is None or relay_id == self.own_id:
-                    self._tell(_StepDone(job.id, step, "no coordinator"))
+                    self._tell(_StepDone(job.id, step, "no relay to ask"))
                     return
-                future = self.transport.request(
-                    relay_id, PunchRequest(job.peer_id), timeout, addrs=[coordinator]
+                ask: Message = (
+                    PunchRequest(job.peer_id)
+                    if isinstance(action, PunchVia)
+                    else RelayConnect(job.peer_id)
                 )
-                when_done(future, lambda o: self._tell(_PunchAnswered(job.id, step, o)))
-            case RelayVia(relay=relay, timeout=timeout):
-                relay_id = _peer_of(relay)
-                if relay_id is None or relay_id == self.own_id:
-                    self._tell(_StepDone(job.id, step, "no relay"))
-                    return
-                future = self.transport.request(
-                    relay_id, RelayConnect(job.peer_id), timeout, addrs=[relay]
-                )
-                when_done(future, lambda o: self._tell(_CircuitAnswered(job.id, step, relay_id, o)))
+                future = self.transport.request(relay_id, ask, timeout, addrs=[via])
+                when_done(future, lambda o: self._tell(_RelayAnswered(job.id, step, relay_id, o)))
             case Connected(how=how):
                 self.figures[str(how)] += 1
                 self._measure_rtt(job, str(how))
@@ -462,39 +443,31 @@ class NatTraverser(NodeActor):
         else:
             self._perform(job, job.cascade.failed(message.error, now))
 
-    def _punch_answered(self, message: _PunchAnswered, now: float) -> None:
+    def _relay_answered(self, message: _RelayAnswered, now: float) -> None:
+        """The relay answered a punch or circuit request: dial what it said."""
         job = self._current(message.job_id, message.step)
         if job is None:
             return
-        reply = message.outcome.value
         action = job.cascade.current
-        if not isinstance(reply, PunchReply) or not isinstance(action, PunchVia):
-            self._perform(job, job.cascade.failed(_why(message.outcome) or "bad reply", now))
-            return
-        try:
-            target = parse_multiaddr(reply.addr).socket_address
-        except MultiaddrError as exc:
-            self._perform(job, job.cascade.failed(f"bad punch address: {exc}", now))
-            return
-        self.transport.send_openers(target)
-        future = self.transport.dial(target, job.peer_id, action.timeout, how=How.PUNCHED)
+        match action, message.outcome.value:
+            case PunchVia(timeout=timeout), PunchReply(addr=addr):
+                try:
+                    target = parse_multiaddr(addr).socket_address
+                except MultiaddrError as exc:
+                    self._perform(job, job.cascade.failed(f"bad punch address: {exc}", now))
+                    return
+                self.transport.send_openers(target)
+                dialled = self.transport.dial(target, job.peer_id, timeout, how=How.PUNCHED)
+            case RelayVia(timeout=timeout), RelayCircuit(circuit=circuit):
+                dialled = self.transport.dial_circuit(
+                    message.relay_id, circuit, job.peer_id, timeout
+                )
+            case _:
+                why = _why(message.outcome) or "unexpected reply"
+                self._perform(job, job.cascade.failed(why, now))
+                return
         step = message.step
-        when_done(future, lambda o: self._tell(_StepDone(job.id, step, _why(o))))
-
-    def _circuit_answered(self, message: _CircuitAnswered, now: float) -> None:
-        job = self._current(message.job_id, message.step)
-        if job is None:
-            return
-        reply = message.outcome.value
-        action = job.cascade.current
-        if not isinstance(reply, RelayCircuit) or not isinstance(action, RelayVia):
-            self._perform(job, job.cascade.failed(_why(message.outcome) or "bad reply", now))
-            return
-        future = self.transport.dial_circuit(
-            message.relay_id, reply.circuit, job.peer_id, action.timeout
-        )
-        step = message.step
-        when_done(future, lambda o: self._tell(_StepDone(job.id, step, _why(o))))
+        when_done(dialled, lambda o: self._tell(_StepDone(job.id, step, _why(o))))
 
     def _measure_rtt(self, job: _Job, how: str | None) -> None:
         connect_ms = round((time.monotonic() - job.started) * 1000.0, 3)
@@ -598,20 +571,13 @@ class NatTraverser(NodeActor):
 
     def _dial_back(self, request: InboundRequest, nonce: bytes, now: float) -> None:
         peer_id = request.peer_id
-        if now - self._dial_backs_sent.get(peer_id, -DIAL_BACK_MIN_INTERVAL) < (
-            DIAL_BACK_MIN_INTERVAL
-        ):
-            request.reply(Error(ErrorCode.BUSY, "one dial-back per peer every few seconds"))
-            return
         address = self.transport.peer_address(peer_id)
         if address is None:
             request.reply(Error(ErrorCode.UNREACHABLE, "not connected to you directly"))
             return
-        self._dial_backs_sent[peer_id] = now
-        if len(self._dial_backs_sent) > 1024:
-            self._dial_backs_sent = {
-                p: t for p, t in self._dial_backs_sent.items() if now - t < DIAL_BACK_MIN_INTERVAL
-            }
+        if not self._dial_backs.take(peer_id, now):
+            request.reply(Error(ErrorCode.BUSY, "one dial-back per peer every few seconds"))
+            return
         probe = control_datagram(ControlKind.DIAL_BACK, nonce)
         # A fresh socket: a port the asking node never contacted, as a stranger's would be.
         host = self.transport.local_address[0]

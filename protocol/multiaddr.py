@@ -7,6 +7,7 @@ Relayed: ``/ip4/H/udp/P/quic-v1/p2p/<relay id>/p2p-circuit/p2p/<peer id>``
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from protocol.xor import from_hex
@@ -30,6 +31,11 @@ class Multiaddr:
         """The UDP address to send to (the relay's, for a circuit address)."""
         return (self.host, self.port)
 
+    @property
+    def relay(self) -> Multiaddr | None:
+        """The relay's own address, for a circuit address (None for a direct one)."""
+        return None if self.relay_id is None else Multiaddr(self.host, self.port, self.relay_id)
+
     def __str__(self) -> str:
         text = f"/ip4/{self.host}/udp/{self.port}/quic-v1"
         if self.relay_id is not None:
@@ -42,6 +48,27 @@ class Multiaddr:
 def format_multiaddr(host: str, port: int, peer_id: bytes | None = None) -> str:
     """The direct multiaddr string of ``host:port`` (and ``peer_id`` if given)."""
     return str(Multiaddr(host, port, peer_id))
+
+
+def split_addrs(
+    texts: Iterable[str], peer_id: bytes | None = None
+) -> tuple[list[Multiaddr], list[Multiaddr]]:
+    """The direct and the circuit addresses among ``texts`` that lead to ``peer_id``
+    (any peer when None; a direct address naming no peer counts too). Strings that
+    are no multiaddr are skipped."""
+    direct: list[Multiaddr] = []
+    relayed: list[Multiaddr] = []
+    for text in texts:
+        try:
+            parsed = parse_multiaddr(text)
+        except MultiaddrError:
+            continue
+        if parsed.relay_id is not None:
+            if peer_id is None or parsed.peer_id == peer_id:
+                relayed.append(parsed)
+        elif parsed.peer_id in (None, peer_id) or peer_id is None:
+            direct.append(parsed)
+    return direct, relayed
 
 
 def parse_multiaddr(text: str) -> Multiaddr:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Final
+from typing import ClassVar, Final
+
+from protocol.multiaddr import split_addrs
 
 CONFIRMATIONS: Final = 2
 MAX_TRACKED_ADDRESSES: Final = 16
@@ -58,11 +60,9 @@ class NatStatus:
     def symmetric(self) -> bool:
         """Whether peers see this node at one host but different ports: a symmetric NAT
         (a new mapping per destination), against which hole punching cannot work."""
-        ports: dict[str, set[str]] = {}
-        for address in self._observed:
-            parts = address.split("/")
-            if len(parts) > 4:
-                ports.setdefault(parts[2], set()).add(parts[4])
+        ports: dict[str, set[int]] = {}
+        for address in split_addrs(self._observed)[0]:
+            ports.setdefault(address.host, set()).add(address.port)
         return any(len(p) > 1 for p in ports.values())
 
     def dial_back_result(self, succeeded: bool) -> None:
@@ -212,6 +212,26 @@ class ReachabilityCheck:
         return changed
 
 
+class DialBackLimiter:
+    """A helper's side: one dial-back per asking peer every ``interval`` seconds, so
+    no one can turn the node into a probe cannon."""
+
+    def __init__(self, interval: float = 5.0, max_tracked: int = 1024) -> None:
+        self.interval = interval
+        self.max_tracked = max_tracked
+        self._sent: dict[bytes, float] = {}
+
+    def take(self, peer: bytes, now: float) -> bool:
+        """True (and remembered) if a dial-back for ``peer`` may be sent now."""
+        last = self._sent.get(peer)
+        if last is not None and now - last < self.interval:
+            return False
+        self._sent[peer] = now
+        if len(self._sent) > self.max_tracked:
+            self._sent = {p: t for p, t in self._sent.items() if now - t < self.interval}
+        return True
+
+
 # -- the dial cascade --------------------------------------------------------------------
 
 
@@ -225,23 +245,33 @@ class How(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class DialDirect:
-    addr: str
+    """Dial the peer's direct multiaddr ``via``."""
+
+    via: str
     timeout: float
+    step: ClassVar[str] = "direct"
+    how: ClassVar[How] = How.DIRECT
 
 
 @dataclass(frozen=True, slots=True)
 class PunchVia:
-    """Ask ``coordinator`` (the target's relay, which is connected to it) to
-    coordinate a hole punch; dial the address it returns."""
+    """Ask relay ``via`` (connected to the target) to coordinate a hole punch; dial
+    the address it returns."""
 
-    coordinator: str
+    via: str
     timeout: float
+    step: ClassVar[str] = "punch"
+    how: ClassVar[How] = How.PUNCHED
 
 
 @dataclass(frozen=True, slots=True)
 class RelayVia:
-    relay: str
+    """Ask relay ``via`` for a circuit to the target; connect through it."""
+
+    via: str
     timeout: float
+    step: ClassVar[str] = "relay"
+    how: ClassVar[How] = How.RELAYED
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,7 +343,7 @@ class DialCascade:
         assert action is not None, "no step is running"
         self._record(action, "connected", now)
         self._index = len(self._plan)
-        return Connected(_HOW_OF[type(action)])
+        return Connected(action.how)
 
     def failed(self, why: str, now: float) -> CascadeAction:
         action = self.current
@@ -332,24 +362,16 @@ class DialCascade:
         return GaveUp("; ".join(f"{a.step}: {a.outcome}" for a in self.attempts))
 
     def _record(self, action: DialDirect | PunchVia | RelayVia, outcome: str, now: float) -> None:
-        via = (
-            action.addr
-            if isinstance(action, DialDirect)
-            else (action.coordinator if isinstance(action, PunchVia) else action.relay)
-        )
-        step = {DialDirect: "direct", PunchVia: "punch", RelayVia: "relay"}[type(action)]
-        self.attempts.append(Attempt(step, via, outcome, round(now - self._started, 4)))
-
-
-_HOW_OF: Final = {DialDirect: How.DIRECT, PunchVia: How.PUNCHED, RelayVia: How.RELAYED}
+        elapsed = round(now - self._started, 4)
+        self.attempts.append(Attempt(action.step, action.via, outcome, elapsed))
 
 
 def _relay_parts(relayed: list[str]) -> list[str]:
     """The relay's own multiaddr (``/ip4/R/udp/P/quic-v1/p2p/<relay>``) of each circuit
     address, without repeats."""
     relays: list[str] = []
-    for text in relayed:
-        head, sep, _tail = text.partition("/p2p-circuit")
-        if sep and head not in relays:
-            relays.append(head)
+    for circuit in split_addrs(relayed)[1]:
+        relay = str(circuit.relay)
+        if relay not in relays:
+            relays.append(relay)
     return relays

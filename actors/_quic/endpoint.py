@@ -82,7 +82,13 @@ from protocol.errors import (
 )
 from protocol.handshake import Accepted, Rejected, Role, hello_message
 from protocol.identity import Identity
-from protocol.multiaddr import Multiaddr, MultiaddrError, format_multiaddr, parse_multiaddr
+from protocol.multiaddr import (
+    Multiaddr,
+    MultiaddrError,
+    format_multiaddr,
+    parse_multiaddr,
+    split_addrs,
+)
 from protocol.nat import (
     NONCE_BYTES,
     ControlKind,
@@ -530,8 +536,7 @@ class QuicEndpoint:
             return future
         deadline = time.monotonic() + (self.config.request_timeout if timeout is None else timeout)
         outbound = _Outbound(peer_id, frame, future, deadline)
-        hints = _parse_addrs(addrs, peer_id)
-        relayed = _parse_relayed(addrs, peer_id)
+        hints, relayed = _addresses(addrs, peer_id)
         if not self._post(self._submit, outbound, hints, relayed):
             _fail(future, TransportClosed("the transport is closed"))
         return future
@@ -1179,9 +1184,9 @@ class QuicEndpoint:
         if conn.hs_send_stream is not None:
             conn.quic.send(conn.hs_send_stream, b"", end_stream=True)
         peer = self._peer(outcome.peer_id)
-        for addr in _parse_addrs(outcome.listen_addrs, outcome.peer_id):
+        direct, peer.relayed = _addresses(outcome.listen_addrs, outcome.peer_id)
+        for addr in direct:
             _remember_addr(peer, addr)
-        peer.relayed = _parse_relayed(outcome.listen_addrs, outcome.peer_id)
         if conn.dial_addr is not None and conn.how is How.DIRECT:
             _remember_addr(peer, conn.dial_addr, first=True)
         futures, conn.dial_futures = conn.dial_futures, []
@@ -1579,9 +1584,9 @@ class QuicEndpoint:
         assert conn.peer_id is not None
         conn.listen_addrs = tuple(listen_addrs)
         peer = self._peer(conn.peer_id)
-        for addr in _parse_addrs(listen_addrs, conn.peer_id):
+        direct, peer.relayed = _addresses(listen_addrs, conn.peer_id)
+        for addr in direct:
             _remember_addr(peer, addr)
-        peer.relayed = _parse_relayed(listen_addrs, conn.peer_id)
         if peer.conn is conn:
             self._emit_connected(conn)
 
@@ -2077,31 +2082,10 @@ def _remember_addr(peer: _Peer, addr: Address, first: bool = False) -> None:
     del peer.addrs[8:]
 
 
-def _parse_addrs(texts: Iterable[str], peer_id: bytes) -> list[Address]:
-    """Direct UDP addresses among ``texts`` that belong to ``peer_id`` (or name no peer)."""
-    addrs: list[Address] = []
-    for text in texts:
-        try:
-            parsed = parse_multiaddr(text)
-        except MultiaddrError:
-            continue
-        if parsed.relay_id is not None or parsed.peer_id not in (None, peer_id):
-            continue
-        addrs.append(parsed.socket_address)
-    return addrs
-
-
-def _parse_relayed(texts: Iterable[str], peer_id: bytes) -> list[str]:
-    """Circuit multiaddrs among ``texts`` that lead to ``peer_id``."""
-    relayed: list[str] = []
-    for text in texts:
-        try:
-            parsed = parse_multiaddr(text)
-        except MultiaddrError:
-            continue
-        if parsed.relay_id is not None and parsed.peer_id == peer_id:
-            relayed.append(str(parsed))
-    return relayed[:MAX_RELAYED_PER_PEER]
+def _addresses(texts: Iterable[str], peer_id: bytes) -> tuple[list[Address], list[str]]:
+    """The peer's direct UDP addresses and (a few of) its circuit multiaddrs in ``texts``."""
+    direct, relayed = split_addrs(texts, peer_id)
+    return [m.socket_address for m in direct], [str(m) for m in relayed[:MAX_RELAYED_PER_PEER]]
 
 
 def _dial_target(

@@ -11,6 +11,7 @@ from protocol.nat import (
     CascadeTimeouts,
     Connected,
     ControlKind,
+    DialBackLimiter,
     DialCascade,
     DialDirect,
     GaveUp,
@@ -357,3 +358,19 @@ def test_failing_after_giving_up_keeps_giving_up() -> None:
     assert cascade.failed("no", 1.0) == GaveUp("direct: no")
     assert isinstance(cascade.failed("again", 2.0), GaveUp)
     assert len(cascade.attempts) == 1
+
+
+def test_dial_backs_are_limited_per_peer() -> None:
+    limiter = DialBackLimiter(interval=5.0)
+    assert limiter.take(H1, 0.0)
+    assert not limiter.take(H1, 4.9), "a second dial-back too soon"
+    assert limiter.take(H2, 1.0), "another peer is not held back"
+    assert limiter.take(H1, 5.0)
+
+
+def test_dial_back_limiter_forgets_old_peers_beyond_its_bound() -> None:
+    limiter = DialBackLimiter(interval=5.0, max_tracked=2)
+    for i in range(3):
+        assert limiter.take(bytes([i]) * 32, float(i * 10))
+    assert len(limiter._sent) == 1  # only the one inside the interval is kept
+    assert not limiter.take(bytes([2]) * 32, 21.0)
