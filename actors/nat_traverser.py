@@ -67,6 +67,7 @@ from protocol.nat import (
     PunchVia,
     Reachability,
     ReachabilityCheck,
+    RelayReservation,
     RelayVia,
     control_datagram,
 )
@@ -203,10 +204,7 @@ class NatTraverser(NodeActor):
             self.nat.reachability = self.config.reachability
         self._jobs: dict[int, _Job] = {}
         self._job_ids = itertools.count(1)
-        self._relay: bytes | None = None
-        self._relay_renew_at = 0.0
-        self._reserving: bytes | None = None
-        self._refused_relays: dict[bytes, float] = {}
+        self.relays = RelayReservation(retry_after=RESERVE_RETRY)
         self._dial_backs = DialBackLimiter()
         self.figures = {"cascades": 0, "direct": 0, "punched": 0, "relayed": 0, "failed": 0}
 
@@ -236,9 +234,8 @@ class NatTraverser(NodeActor):
                     from_transport=False,
                 )
             case PeerDisconnected(peer_id=peer_id):
-                if peer_id == self._relay:
+                if self.relays.drop(peer_id):
                     log.info("lost the relay %s: looking for another", peer_id.hex()[:12])
-                    self._relay = None
                     self._announce()
             case InboundRequest():
                 self._serve(message, now)
@@ -264,7 +261,8 @@ class NatTraverser(NodeActor):
 
     def _status(self) -> dict[str, Any]:
         status = self.nat.as_status()
-        status["relay"] = None if self._relay is None else self._relay.hex()
+        relay = self.relays.relay
+        status["relay"] = None if relay is None else relay.hex()
         status["announced_addrs"] = self.transport.announced_addrs()
         status["relaying"] = self.transport.relay_status()
         status["cascades"] = dict(self.figures)
@@ -285,71 +283,46 @@ class NatTraverser(NodeActor):
                 future = self.transport.request(helper, DialBack(nonce), timeout=5.0)
                 when_done(future, lambda o: self._tell(_DialBackAnswered(nonce, o)))
         if self.nat.reachability is Reachability.PRIVATE:
-            if self._relay is None and self._reserving is None:
-                self._reserve(now)
-            elif (
-                self._relay is not None and self._reserving is None and now >= self._relay_renew_at
-            ):
-                self._reserving = self._relay
-                self._ask_reservation(self._relay)
+            # relay candidates: public peers, i.e. those this node dialled directly
+            candidates = (
+                bytes.fromhex(c.peer_id)
+                for c in self.transport.connections()
+                if c.how == How.DIRECT and c.direction == "outbound"
+            )
+            relay = self.relays.to_ask(self.nat.reachability, candidates, now)
+            if relay is not None:
+                future = self.transport.request(relay, RelayReserve(), timeout=5.0)
+                when_done(future, lambda o: self._tell(_ReserveAnswered(relay, o)))
 
     def _reachability_changed(self) -> None:
         log.info("reachability: %s", self.nat.reachability)
-        if self.nat.reachability is Reachability.PUBLIC and self._relay is not None:
-            self.transport.pin(self._relay, False)
-            self._relay = None
+        relay = self.relays.relay
+        if self.nat.reachability is Reachability.PUBLIC and relay is not None:
+            self.transport.pin(relay, False)
+            self.relays.drop()
             self._announce()
 
-    def _reserve(self, now: float) -> None:
-        """Ask a public peer this node dialled directly for a relay slot."""
-        for relay, until in list(self._refused_relays.items()):
-            if until <= now:
-                del self._refused_relays[relay]
-        for info in self.transport.connections():
-            peer_id = bytes.fromhex(info.peer_id)
-            if (
-                info.how != How.DIRECT
-                or info.direction != "outbound"
-                or peer_id in self._refused_relays
-            ):
-                continue
-            self._reserving = peer_id
-            self._ask_reservation(peer_id)
-            return
-
-    def _ask_reservation(self, relay: bytes) -> None:
-        future = self.transport.request(relay, RelayReserve(), timeout=5.0)
-        when_done(future, lambda o: self._tell(_ReserveAnswered(relay, o)))
-
     def _reserve_answered(self, message: _ReserveAnswered, now: float) -> None:
-        self._reserving = None
         relay, outcome = message.relay_id, message.outcome
         reply = outcome.value
         if not isinstance(reply, RelayReserved):
             log.info("relay %s refused: %s", relay.hex()[:12], outcome.error or reply)
-            self._refused_relays[relay] = now + RESERVE_RETRY
-            if relay == self._relay:
-                self._relay = None
+            if self.relays.refused(relay, now):
                 self._announce()
             return
-        self._relay_renew_at = now + max(1.0, reply.seconds / 2)
-        if relay == self._relay:
-            return
-        address = self.transport.peer_address(relay)
-        if address is None:
-            return
-        self._relay = relay
-        self.transport.pin(relay)
-        log.info("relay reserved on %s (%s:%d)", relay.hex()[:12], *address)
-        self._announce()
+        if self.relays.granted(relay, reply.seconds, now):
+            self.transport.pin(relay)
+            log.info("relay reserved on %s", relay.hex()[:12])
+            self._announce()
 
     def _announce(self) -> None:
         """Announce the circuit address (behind NAT, with a relay) or the listen addresses."""
-        if self._relay is not None:
-            address = self.transport.peer_address(self._relay)
+        relay = self.relays.relay
+        if relay is not None:
+            address = self.transport.peer_address(relay)
             if address is None:
                 return
-            circuit = Multiaddr(address[0], address[1], self.own_id, relay_id=self._relay)
+            circuit = Multiaddr(address[0], address[1], self.own_id, relay_id=relay)
             addrs: list[str] | None = [str(circuit)]
         else:
             addrs = None
@@ -561,7 +534,7 @@ class NatTraverser(NodeActor):
             case RelayConnect(target=circuit_target):
                 self._open_circuit(request, circuit_target)
             case RelayIncoming(circuit=circuit_id):
-                if peer_id != self._relay:
+                if peer_id != self.relays.relay:
                     request.reply(Error(ErrorCode.REFUSED, "you are not this node's relay"))
                     return
                 self.transport.accept_circuit(peer_id, circuit_id)

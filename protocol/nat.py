@@ -8,6 +8,7 @@ when ``CONFIRMATIONS`` distinct peers reported it.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import ClassVar, Final
 
@@ -210,6 +211,60 @@ class ReachabilityCheck:
         self._pending.clear()
         self._next_check = now + self.recheck_interval
         return changed
+
+
+class RelayReservation:
+    """A private node's hold on a relay: whom to ask for a slot, when to renew it, and
+    whom not to ask again soon. The owner sends ``RelayReserve`` to what ``to_ask``
+    returns and reports ``granted`` or ``refused``."""
+
+    def __init__(self, retry_after: float = 10.0) -> None:
+        self.retry_after = retry_after
+        self.relay: bytes | None = None
+        self._asking: bytes | None = None
+        self._renew_at = 0.0
+        self._refused: dict[bytes, float] = {}
+
+    def to_ask(
+        self, reachability: Reachability, candidates: Iterable[bytes], now: float
+    ) -> bytes | None:
+        """The peer to ask now (the relay itself, to renew), or None."""
+        if reachability is not Reachability.PRIVATE or self._asking is not None:
+            return None
+        if self.relay is not None:
+            if now < self._renew_at:
+                return None
+            self._asking = self.relay
+            return self.relay
+        self._refused = {p: until for p, until in self._refused.items() if until > now}
+        for peer in candidates:
+            if peer not in self._refused:
+                self._asking = peer
+                return peer
+        return None
+
+    def granted(self, relay: bytes, seconds: float, now: float) -> bool:
+        """The slot was granted for ``seconds``; True if ``relay`` is a new relay."""
+        self._asking = None
+        self._renew_at = now + max(1.0, seconds / 2)
+        if relay == self.relay:
+            return False
+        self.relay = relay
+        return True
+
+    def refused(self, relay: bytes, now: float) -> bool:
+        """Refused or no answer: not asked again for a while; True if it was the relay."""
+        self._asking = None
+        self._refused[relay] = now + self.retry_after
+        return self.drop(relay)
+
+    def drop(self, relay: bytes | None = None) -> bool:
+        """Give up the relay (if ``relay`` is given: only if it is that one); True if
+        there was one to give up."""
+        if self.relay is None or relay not in (None, self.relay):
+            return False
+        self.relay = None
+        return True
 
 
 class DialBackLimiter:

@@ -20,6 +20,7 @@ from protocol.nat import (
     PunchVia,
     Reachability,
     ReachabilityCheck,
+    RelayReservation,
     RelayVia,
     control_datagram,
     is_control_datagram,
@@ -374,3 +375,38 @@ def test_dial_back_limiter_forgets_old_peers_beyond_its_bound() -> None:
         assert limiter.take(bytes([i]) * 32, float(i * 10))
     assert len(limiter._sent) == 1  # only the one inside the interval is kept
     assert not limiter.take(bytes([2]) * 32, 21.0)
+
+
+def test_a_private_node_asks_one_candidate_at_a_time_and_renews_at_half_time() -> None:
+    hold = RelayReservation(retry_after=10.0)
+    assert hold.to_ask(Reachability.PUBLIC, [H1], 0.0) is None, "a public node needs no relay"
+    assert hold.to_ask(Reachability.PRIVATE, [H1, H2], 0.0) == H1
+    assert hold.to_ask(Reachability.PRIVATE, [H1, H2], 0.5) is None, "one request at a time"
+    assert hold.granted(H1, 100.0, 1.0) is True
+    assert hold.relay == H1
+    assert hold.to_ask(Reachability.PRIVATE, [H2], 50.0) is None
+    assert hold.to_ask(Reachability.PRIVATE, [H2], 51.0) == H1, "renewal goes to the relay"
+    assert hold.granted(H1, 100.0, 51.5) is False, "a renewal is not a new relay"
+
+
+def test_a_refusing_relay_is_not_asked_again_soon() -> None:
+    hold = RelayReservation(retry_after=10.0)
+    assert hold.to_ask(Reachability.PRIVATE, [H1, H2], 0.0) == H1
+    assert hold.refused(H1, 1.0) is False, "it was not the relay"
+    assert hold.to_ask(Reachability.PRIVATE, [H1, H2], 2.0) == H2
+    assert hold.refused(H2, 2.5) is False
+    assert hold.to_ask(Reachability.PRIVATE, [H1, H2], 5.0) is None
+    assert hold.to_ask(Reachability.PRIVATE, [H1, H2], 11.0) == H1
+
+
+def test_losing_the_relay_starts_a_new_search() -> None:
+    hold = RelayReservation()
+    assert hold.to_ask(Reachability.PRIVATE, [H1], 0.0) == H1
+    hold.granted(H1, 3600.0, 0.0)
+    assert hold.drop(H2) is False, "another peer leaving changes nothing"
+    assert hold.drop(H1) is True and hold.relay is None
+    assert hold.to_ask(Reachability.PRIVATE, [H2], 1.0) == H2
+    assert hold.refused(H2, 1.5) is False
+    hold.to_ask(Reachability.PRIVATE, [H1], 2.0)
+    hold.granted(H1, 3600.0, 2.0)
+    assert hold.refused(H1, 1802.0) is True, "a relay refusing the renewal is lost"
