@@ -1539,7 +1539,7 @@ class QuicEndpoint:
             if target is not None:
                 self._deliver(target, vaddr, [inner], now)
             return
-        to_peer = self.relay.route(conn.peer_id, circuit, len(payload), time.monotonic())
+        to_peer = self.relay.route(conn.peer_id, circuit, len(payload), now)
         peer = None if to_peer is None else self._peers.get(to_peer)
         out = None if peer is None else peer.conn
         if out is None or out.state != "ready":
