@@ -46,37 +46,17 @@ from typing import Any, Literal
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from protocol.chunks import CLOSE_GROUP_SIZE as CLOSE_GROUP
 from protocol.lookup import Lookup
 from protocol.routing import PeerEntry, PingNeeded, RoutingTable
-from protocol.xor import ADDRESS_BITS, ADDRESS_BYTES
+from protocol.xor import ADDRESS_BITS, ADDRESS_BYTES, closest_in_sorted
 
-CLOSE_GROUP = 5
 YOUNG = 10.0
 LossModel = Literal["retransmit", "drop"]
 Build = Literal["join", "converged", "auto"]
 
 
 # --- exact answers -------------------------------------------------------------------
-
-
-def exact_closest(sorted_ids: Sequence[int], target: int, count: int) -> list[int]:
-    """The ``count`` ids of ``sorted_ids`` (ascending ints) XOR-closest to ``target``.
-
-    The ids sharing the longest prefix with ``target`` form a contiguous range of
-    the sorted list; narrow it bit by bit while it still holds ``count`` ids. Every
-    id outside the final range differs from ``target`` at a higher bit than every
-    id inside, so the answer lies inside.
-    """
-    lo, hi = 0, len(sorted_ids)
-    for bits in range(1, ADDRESS_BITS + 1):
-        shift = ADDRESS_BITS - bits
-        prefix = target >> shift
-        start = bisect.bisect_left(sorted_ids, prefix << shift, lo, hi)
-        end = bisect.bisect_left(sorted_ids, (prefix + 1) << shift, lo, hi)
-        if end - start < count:
-            break
-        lo, hi = start, end
-    return heapq.nsmallest(count, sorted_ids[lo:hi], key=lambda i: i ^ target)
 
 
 def is_exact(result: Sequence[bytes], exact: Sequence[int], count: int = CLOSE_GROUP) -> bool:
@@ -213,9 +193,9 @@ class Simulation:
         self.pings = 0
         self._used_ips: set[int] = set()
         self._measured: set[_Run] = set()
+        """Measured lookups still running whose node is alive."""
         self.built_at = 0.0
         """Simulated time at which the network was built."""
-        """Measured lookups still running whose node is alive."""
 
     # --- event queue -----------------------------------------------------------------
 
@@ -261,7 +241,7 @@ class Simulation:
         """The exact ``count`` live ids closest to ``target``, ``excluding`` left out
         (a lookup never returns the node that runs it)."""
         leave_out = int.from_bytes(excluding, "big")
-        found = exact_closest(self.alive_sorted, int.from_bytes(target, "big"), count + 1)
+        found = closest_in_sorted(self.alive_sorted, int.from_bytes(target, "big"), count + 1)
         return [i for i in found if i != leave_out][:count]
 
     def _miss_reason(self, lookup: Lookup, result: Sequence[bytes], exact: list[int]) -> str:
@@ -433,7 +413,7 @@ class Simulation:
 
     def _address_in_bucket(self, own: bytes, index: int) -> bytes:
         """``xor.random_address_in_bucket``, drawn from the seeded generator."""
-        offset = (1 << index) | self.rng.getrandbits(index) if index else 1
+        offset = (1 << index) | self.rng.getrandbits(index)
         return (int.from_bytes(own, "big") ^ offset).to_bytes(ADDRESS_BYTES, "big")
 
     def build_by_joining(self, count: int, progress: bool) -> None:

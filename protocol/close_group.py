@@ -38,10 +38,10 @@ class CloseGroupView:
         new_group = tuple(closest(self.own_id, self._peers, self.size))
         if new_group == self.group:
             return None
-        old = set(self.group)
+        old, new = set(self.group), set(new_group)
         change = CloseGroupChange(
             added=tuple(p for p in new_group if p not in old),
-            removed=tuple(p for p in self.group if p not in set(new_group)),
+            removed=tuple(p for p in self.group if p not in new),
             group=new_group,
         )
         self.group = new_group

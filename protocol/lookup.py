@@ -53,14 +53,15 @@ from typing import Final, Protocol
 
 from protocol.chunks import CLOSE_GROUP_SIZE
 from protocol.routing import K
-from protocol.xor import ADDRESS_BYTES
+from protocol.wire import MAX_ADDRS_PER_PEER
+from protocol.xor import ADDRESS_BYTES, closest
 
 ALPHA: Final = 3
 QUERY_TIMEOUT: Final = 1.0
 """Seconds after which an unanswered query is slow and frees its slot."""
 REPLY_SCAN_LIMIT: Final = 64
 """Entries read from one reply (the wire allows at most 64 anyway)."""
-MAX_ADDRS: Final = 8
+MAX_ADDRS: Final = MAX_ADDRS_PER_PEER
 DISTRUST_AFTER: Final = 3
 """Failed peers a responder may name before its answers are ignored."""
 
@@ -194,8 +195,7 @@ class Lookup:
         ids = [c.peer_id for c in self.result()]
         if include_self:
             ids.append(self.own_id)
-        t = self._target_int
-        return heapq.nsmallest(size, ids, key=lambda p: int.from_bytes(p, "big") ^ t)
+        return closest(self.target, ids, size)
 
     def next_timeout(self) -> float | None:
         """When ``next_queries`` should be called again if nothing else happens."""

@@ -34,7 +34,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from protocol.xor import ADDRESS_BYTES, BUCKET_COUNT
+from protocol.xor import ADDRESS_BYTES, BUCKET_COUNT, bucket_index
 
 K: Final = 20
 """Peers per bucket (and the size of a lookup's result)."""
@@ -188,6 +188,7 @@ class RoutingTable:
         self.replacement_size = k if replacement_size is None else replacement_size
         self.ping_timeout = ping_timeout
         self._own_int = int.from_bytes(own_id, "big")
+        """The own id as an integer, for ``closest``."""
         self._buckets: dict[int, _Bucket] = {}
         self._refreshed: dict[int, float] = {}
         self._size = 0
@@ -204,10 +205,7 @@ class RoutingTable:
         """Bucket index of ``peer_id`` (``ValueError`` for the own id or a bad length)."""
         if len(peer_id) != ADDRESS_BYTES:
             raise ValueError(f"an id is {ADDRESS_BYTES} bytes, got {len(peer_id)}")
-        d = self._own_int ^ int.from_bytes(peer_id, "big")
-        if d == 0:
-            raise ValueError("the own id has no bucket")
-        return d.bit_length() - 1
+        return bucket_index(self.own_id, peer_id)
 
     def get(self, peer_id: bytes) -> PeerEntry | None:
         """The entry of ``peer_id`` if it is in the table (not the replacement cache)."""
@@ -330,9 +328,7 @@ class RoutingTable:
             return Added(peer_id, index)
 
         # Full: the newcomer waits; ask for a ping of the least-recently-seen peer.
-        bucket.replacements[peer_id] = entry
-        while len(bucket.replacements) > self.replacement_size:
-            del bucket.replacements[next(iter(bucket.replacements))]
+        self._cache_replacement(bucket, entry)
         if bucket.pending is not None and now - bucket.pending[1] < self.ping_timeout:
             return Cached(peer_id, index)
         oldest = next(iter(bucket.peers.values()))
@@ -349,17 +345,14 @@ class RoutingTable:
         table. ``alive=False`` should be reported only when the owner's ping attempts
         are exhausted.
         """
-        entry = self.get(peer_id)
-        if entry is None:
+        if self.get(peer_id) is None:
             return None
-        bucket = self._buckets[self.bucket_of(peer_id)]
-        was_pending = bucket.pending is not None and bucket.pending[0] == peer_id
         if alive:
             result = self.observe(peer_id, (), None, now)
             assert isinstance(result, Updated)
             return result
-        if was_pending:
-            bucket.pending = None
+        pending = self._buckets[self.bucket_of(peer_id)].pending
+        if pending is not None and pending[0] == peer_id:
             return self._evict(peer_id)
         return self.record_failure(peer_id, now)
 
@@ -384,8 +377,6 @@ class RoutingTable:
             return None
         failures = entry.failures + 1
         if failures >= self.failure_threshold:
-            if bucket.pending is not None and bucket.pending[0] == peer_id:
-                bucket.pending = None
             return self._evict(peer_id)
         # Keep its position: replacing a dict value does not reorder it.
         bucket.peers[peer_id] = PeerEntry(peer_id, entry.addrs, entry.ip, entry.last_seen, failures)
@@ -402,8 +393,6 @@ class RoutingTable:
         bucket.replacements.pop(peer_id, None)
         if peer_id not in bucket.peers:
             return None
-        if bucket.pending is not None and bucket.pending[0] == peer_id:
-            bucket.pending = None
         return self._evict(peer_id)
 
     # --- refresh -------------------------------------------------------------------
@@ -460,10 +449,7 @@ class RoutingTable:
                 self._insert(bucket, entry)
                 added += 1
             else:
-                bucket.replacements.pop(peer_id, None)
-                bucket.replacements[peer_id] = entry
-                while len(bucket.replacements) > self.replacement_size:
-                    del bucket.replacements[next(iter(bucket.replacements))]
+                self._cache_replacement(bucket, entry)
         for index in [i for i, b in self._buckets.items() if not b.peers and not b.replacements]:
             del self._buckets[index]
         return added
@@ -501,11 +487,23 @@ class RoutingTable:
             peers[entry.peer_id] = entry
         self._size += 1
 
+    def _cache_replacement(self, bucket: _Bucket, entry: PeerEntry) -> None:
+        """Put ``entry`` in the bucket's replacement cache as its freshest member,
+        forgetting the oldest beyond ``replacement_size``."""
+        bucket.replacements.pop(entry.peer_id, None)
+        bucket.replacements[entry.peer_id] = entry
+        while len(bucket.replacements) > self.replacement_size:
+            del bucket.replacements[next(iter(bucket.replacements))]
+
     def _evict(self, peer_id: bytes) -> Evicted:
+        """Drop a table entry (and any ping pending for it); promote the freshest
+        replacement that passes the diversity limits."""
         index = self.bucket_of(peer_id)
         bucket = self._buckets[index]
         del bucket.peers[peer_id]
         self._size -= 1
+        if bucket.pending is not None and bucket.pending[0] == peer_id:
+            bucket.pending = None
         replaced_by: bytes | None = None
         for candidate in reversed(list(bucket.replacements.values())):
             if self._diversity_violation(bucket, candidate.ip, ignore=None) is None:

@@ -89,7 +89,7 @@ Order and memory
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, BinaryIO, Final
 
@@ -382,15 +382,7 @@ class StreamEncryptor:
         self._started = True
         seen: set[bytes] = set()
         pre_hashes = [blake3(piece).digest() for piece in self._pieces()]
-        infos: list[ChunkInfo] = []
-        for index, piece in enumerate(self._pieces()):
-            if blake3(piece).digest() != pre_hashes[index]:
-                raise SourceChanged(f"piece {index} changed between the two passes")
-            chunk = encrypt_piece(index, piece, pre_hashes)
-            infos.append(ChunkInfo(index, pre_hashes[index], chunk.address, len(piece)))
-            if chunk.address not in seen:
-                seen.add(chunk.address)
-                yield chunk
+        infos = yield from _encrypt_pieces(self._pieces(pre_hashes), pre_hashes, seen)
         data_map = DataMap(DATA_MAP_VERSION, self.file_size, 0, infos)
         serialized = encode_data_map(data_map)
         while len(serialized) > self._max_map:
@@ -404,12 +396,16 @@ class StreamEncryptor:
         if root.address not in seen:
             yield root
 
-    def _pieces(self) -> Iterator[bytes]:
+    def _pieces(self, pre_hashes: Sequence[bytes] = ()) -> Iterator[bytes]:
+        """The pieces read from the source; each checked against ``pre_hashes`` if given
+        (the second pass)."""
         self._source.seek(self._start)
-        for size in self.piece_sizes:
+        for index, size in enumerate(self.piece_sizes):
             piece = _read_exact(self._source, size)
             if len(piece) != size:
                 raise SourceChanged(f"source ended early: {self.file_size} bytes expected")
+            if pre_hashes and blake3(piece).digest() != pre_hashes[index]:
+                raise SourceChanged(f"piece {index} changed between the two passes")
             yield piece
         if self._source.read(1):
             raise SourceChanged(f"source grew beyond {self.file_size} bytes")
@@ -427,6 +423,15 @@ def _encrypt_child_map(
         pieces.append(view[offset : offset + size].tobytes())
         offset += size
     pre_hashes = [blake3(piece).digest() for piece in pieces]
+    infos = yield from _encrypt_pieces(pieces, pre_hashes, seen)
+    return DataMap(DATA_MAP_VERSION, len(serialized), level, infos)
+
+
+def _encrypt_pieces(
+    pieces: Iterable[bytes], pre_hashes: Sequence[bytes], seen: set[bytes]
+) -> Generator[EncryptedChunk, None, list[ChunkInfo]]:
+    """Encrypt ``pieces`` in order and yield each chunk not in ``seen`` (then added to
+    it); return their ``ChunkInfo`` entries."""
     infos: list[ChunkInfo] = []
     for index, piece in enumerate(pieces):
         chunk = encrypt_piece(index, piece, pre_hashes)
@@ -434,7 +439,7 @@ def _encrypt_child_map(
         if chunk.address not in seen:
             seen.add(chunk.address)
             yield chunk
-    return DataMap(DATA_MAP_VERSION, len(serialized), level, infos)
+    return infos
 
 
 def encrypt_bytes(

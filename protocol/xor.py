@@ -8,8 +8,10 @@ index of the highest set bit of that distance (255 for the far half of the space
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Final
 
 ADDRESS_BYTES: Final = 32
@@ -49,6 +51,27 @@ def sort_by_distance(target: bytes, addresses: Iterable[bytes]) -> list[bytes]:
 def closest(target: bytes, addresses: Iterable[bytes], count: int) -> list[bytes]:
     """The ``count`` addresses closest to ``target``, closest first."""
     return sort_by_distance(target, addresses)[:count]
+
+
+def closest_in_sorted(sorted_ids: Sequence[int], target: int, count: int) -> list[int]:
+    """The ``count`` ids of ``sorted_ids`` (distinct, ascending ints) XOR-closest to
+    ``target``, closest first: ``closest`` for many targets over one set of ids.
+
+    The ids sharing the longest prefix with ``target`` form a contiguous range of
+    the sorted list; narrow it bit by bit while it still holds ``count`` ids. Every
+    id outside the final range differs from ``target`` at a higher bit than every
+    id inside, so the answer lies inside.
+    """
+    lo, hi = 0, len(sorted_ids)
+    for bits in range(1, ADDRESS_BITS + 1):
+        shift = ADDRESS_BITS - bits
+        prefix = target >> shift
+        start = bisect.bisect_left(sorted_ids, prefix << shift, lo, hi)
+        end = bisect.bisect_left(sorted_ids, (prefix + 1) << shift, lo, hi)
+        if end - start < count:
+            break
+        lo, hi = start, end
+    return heapq.nsmallest(count, sorted_ids[lo:hi], key=lambda i: i ^ target)
 
 
 def random_address() -> bytes:

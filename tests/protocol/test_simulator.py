@@ -1,53 +1,11 @@
-"""The Kademlia simulator (bench/simulate.py): its exactness computation and a small run."""
+"""The Kademlia simulator (bench/simulate.py): its figures and small runs.
+
+Its exact answer, ``xor.closest_in_sorted``, is tested in test_xor.py."""
 
 from __future__ import annotations
 
-import random
-
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from bench.simulate import (
-    PhaseStats,
-    SimConfig,
-    Simulation,
-    exact_closest,
-    is_exact,
-    percentile,
-    run,
-)
+from bench.simulate import PhaseStats, SimConfig, Simulation, is_exact, percentile, run
 from protocol.xor import closest
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    seed=st.integers(0, 2**32),
-    size=st.integers(0, 400),
-    count=st.integers(1, 25),
-    prefix_bytes=st.integers(0, 31),
-    pick_member=st.booleans(),
-)
-def test_exact_closest_equals_brute_force(
-    seed: int, size: int, count: int, prefix_bytes: int, pick_member: bool
-) -> None:
-    rng = random.Random(seed)
-    stem = rng.randbytes(prefix_bytes)  # many ids share a long prefix: deep narrowing
-    ids = sorted(
-        {
-            int.from_bytes(
-                (stem if rng.random() < 0.5 else rng.randbytes(prefix_bytes))
-                + rng.randbytes(32 - prefix_bytes),
-                "big",
-            )
-            for _ in range(size)
-        }
-    )
-    if pick_member and ids:
-        target = rng.choice(ids)
-    else:
-        target = int.from_bytes(stem + rng.randbytes(32 - prefix_bytes), "big")
-    brute = sorted(ids, key=lambda i: i ^ target)[:count]
-    assert exact_closest(ids, target, count) == brute
 
 
 def test_is_exact_and_percentile() -> None:

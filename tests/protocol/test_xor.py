@@ -1,4 +1,6 @@
-from hypothesis import given
+import random
+
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol import xor
@@ -77,3 +79,34 @@ def test_hex_round_trip_and_errors() -> None:
         except ValueError:
             continue
         raise AssertionError(f"accepted {bad!r}")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    seed=st.integers(0, 2**32),
+    size=st.integers(0, 400),
+    count=st.integers(1, 25),
+    prefix_bytes=st.integers(0, 31),
+    pick_member=st.booleans(),
+)
+def test_closest_in_sorted_equals_brute_force(
+    seed: int, size: int, count: int, prefix_bytes: int, pick_member: bool
+) -> None:
+    rng = random.Random(seed)
+    stem = rng.randbytes(prefix_bytes)  # many ids share a long prefix: deep narrowing
+    ids = sorted(
+        {
+            int.from_bytes(
+                (stem if rng.random() < 0.5 else rng.randbytes(prefix_bytes))
+                + rng.randbytes(32 - prefix_bytes),
+                "big",
+            )
+            for _ in range(size)
+        }
+    )
+    if pick_member and ids:
+        target = rng.choice(ids)
+    else:
+        target = int.from_bytes(stem + rng.randbytes(32 - prefix_bytes), "big")
+    brute = sorted(ids, key=lambda i: i ^ target)[:count]
+    assert xor.closest_in_sorted(ids, target, count) == brute
