@@ -12,6 +12,7 @@ merely candidates until a connection to them passes the identity handshake.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import threading
@@ -23,7 +24,7 @@ from typing import Any, Protocol
 import pykka
 
 from actors.base import NodeActor
-from actors.futures import Outcome, when_done
+from actors.futures import Outcome, tell_when_done
 from actors.messages import (
     AddressObserved,
     Event,
@@ -50,7 +51,7 @@ from protocol.routing import (
     Updated,
 )
 from protocol.wire import FindNode, Message, Nodes, PeerRecord, Ping, Pong
-from protocol.xor import bucket_index, random_address_in_bucket
+from protocol.xor import BUCKET_COUNT, bucket_index, random_address_in_bucket
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +88,9 @@ class _QueryDone(Event):
 @dataclass(frozen=True, slots=True)
 class _PingDone(Event):
     peer_id: bytes
-    alive: bool
     evict_check: bool
     """True: the ping-before-evict of a full bucket; False: a liveness check."""
-    observed_addr: str = ""
+    outcome: Outcome[Message]
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,10 +192,11 @@ class BucketManager(NodeActor):
                 self.start_lookup(target, on_done, count)
             case _QueryDone(lookup_id=job_id, peer_id=peer_id, outcome=outcome):
                 self._query_done(job_id, peer_id, outcome, now)
-            case _PingDone(peer_id=peer_id, alive=alive, evict_check=evict_check):
-                self._ping_done(peer_id, alive, evict_check, now)
-                if message.observed_addr:
-                    self.on_address_observed(AddressObserved(message.observed_addr, peer_id))
+            case _PingDone(peer_id=peer_id, evict_check=evict_check, outcome=outcome):
+                pong = outcome.value if isinstance(outcome.value, Pong) else None
+                self._ping_done(peer_id, pong is not None, evict_check, now)
+                if pong is not None and pong.observed_addr:
+                    self.on_address_observed(AddressObserved(pong.observed_addr, peer_id))
             case _Dialled(addr=addr, outcome=outcome):
                 if outcome.error is not None:
                     log.warning("cannot reach bootstrap peer %s: %s", addr, outcome.error)
@@ -248,7 +249,9 @@ class BucketManager(NodeActor):
             future = self.remote.request(
                 contact.peer_id, FindNode(target), QUERY_TIMEOUT, contact.addrs
             )
-            when_done(future, self._tell_query_done(job_id, contact.peer_id))
+            tell_when_done(
+                future, self.actor_ref, functools.partial(_QueryDone, job_id, contact.peer_id)
+            )
         if job.lookup.done:
             del self.jobs[job_id]
             self.lookups_done += 1
@@ -274,10 +277,6 @@ class BucketManager(NodeActor):
         self._wake = threading.Timer(max(0.0, when - now), wake)
         self._wake.daemon = True
         self._wake.start()
-
-    def _tell_query_done(self, job_id: int, peer_id: bytes) -> Callable[[Outcome[Message]], None]:
-        ref = self.actor_ref
-        return lambda outcome: ref.tell(_QueryDone(job_id, peer_id, outcome))
 
     def _query_done(
         self, job_id: int, peer_id: bytes, outcome: Outcome[Message], now: float
@@ -305,15 +304,18 @@ class BucketManager(NodeActor):
             return
         nearest = min(bucket_index(self.own_id, c.peer_id) for c in found)
         now = time.time()
-        for index in range(nearest + 1, 256):
-            self.table.mark_refreshed(index, now)
-            self.start_lookup(random_address_in_bucket(self.own_id, index), purpose="refresh")
+        for index in range(nearest + 1, BUCKET_COUNT):
+            self._refresh_bucket(index, now)
+
+    def _refresh_bucket(self, index: int, now: float) -> None:
+        """Look up a random address of bucket ``index``, to fill it and keep it fresh."""
+        self.table.mark_refreshed(index, now)
+        self.start_lookup(random_address_in_bucket(self.own_id, index), purpose="refresh")
 
     def _dial(self, addr: str) -> None:
-        ref = self.actor_ref
         self._dialled_at = time.time()
-        when_done(
-            self.remote.dial(addr, None, 10.0), lambda outcome: ref.tell(_Dialled(addr, outcome))
+        tell_when_done(
+            self.remote.dial(addr, None, 10.0), self.actor_ref, functools.partial(_Dialled, addr)
         )
 
     # -- liveness ------------------------------------------------------------------
@@ -337,21 +339,10 @@ class BucketManager(NodeActor):
         if peer_id in self._pinging and not evict_check:
             return
         self._pinging.add(peer_id)
-        ref = self.actor_ref
         future = self.remote.request(
             peer_id, Ping(int(time.monotonic_ns() & (2**63 - 1))), PING_TIMEOUT, addrs
         )
-        when_done(
-            future,
-            lambda outcome: ref.tell(
-                _PingDone(
-                    peer_id,
-                    isinstance(outcome.value, Pong),
-                    evict_check,
-                    outcome.value.observed_addr if isinstance(outcome.value, Pong) else "",
-                )
-            ),
-        )
+        tell_when_done(future, self.actor_ref, functools.partial(_PingDone, peer_id, evict_check))
 
     def _ping_done(self, peer_id: bytes, alive: bool, evict_check: bool, now: float) -> None:
         self._pinging.discard(peer_id)
@@ -391,8 +382,7 @@ class BucketManager(NodeActor):
                 self._dial(addr)
         if self._bootstrapped or not self.bootstrap:
             for index in self.table.buckets_to_refresh(now, self.refresh_interval):
-                self.table.mark_refreshed(index, now)
-                self.start_lookup(random_address_in_bucket(self.own_id, index), purpose="refresh")
+                self._refresh_bucket(index, now)
         self._save(now)
 
     def _save(self, now: float, force: bool = False) -> None:

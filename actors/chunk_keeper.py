@@ -193,11 +193,11 @@ class ChunkKeeper(NodeActor):
         now = time.time()
         if held is not None:  # a cached copy becomes a responsible one
             self._promote(held)
-        else:
+            self.database.mark_verified(address, now)
+        else:  # its arrival time counts as its last check (``persistence.models.AUDIT_ORDER``)
             self.database.add_chunk(address, len(content), ChunkKind.RESPONSIBLE, now)
             self.bytes_stored += len(content)
             self.chunk_count += 1
-        self.database.mark_verified(address, now)
         self.puts += 1
         self.on_stored(ChunkStored(address, len(content)))
         return PutAck(address)
@@ -207,14 +207,13 @@ class ChunkKeeper(NodeActor):
         record = self.database.get_chunk(address)
         if record is None:
             return NotFound(address)
-        content = self.files.read(address)
-        if content is not None and is_valid_chunk(address, content):
-            if record.kind is ChunkKind.CACHE:
-                self.cache_hits += 1
-                self.cache.touch(address)
-            return Chunk(address, content)
-        self._lose(address, "missing" if content is None else "corrupted")
-        return NotFound(address)
+        content = self._checked_content(record)
+        if content is None:
+            return NotFound(address)
+        if record.kind is ChunkKind.CACHE:
+            self.cache_hits += 1
+            self.cache.touch(address)
+        return Chunk(address, content)
 
     def claim(self, address: bytes) -> bool:
         """This node is responsible for ``address``: promote a cached copy; whether it is held."""
@@ -225,9 +224,7 @@ class ChunkKeeper(NodeActor):
             return True
         if self.bytes_stored + record.size > self.max_storage:
             return True  # no room to promote it: fetching it again would not help either
-        content = self.files.read(address)
-        if content is None or not is_valid_chunk(address, content):
-            self._lose(address, "missing" if content is None else "corrupted")
+        if self._checked_content(record) is None:
             return False
         self._promote(record)
         self.database.mark_verified(address, time.time())
@@ -268,10 +265,19 @@ class ChunkKeeper(NodeActor):
                 log.warning("cannot delete the evicted chunk %s: %s", address.hex()[:16], exc)
             self.evicted += 1
 
-    def _lose(self, address: bytes, why: str) -> None:
+    def _checked_content(self, record: ChunkRecord) -> bytes | None:
+        """The chunk's bytes if its file is there and hashes to its address; else the
+        chunk is quarantined and forgotten (``_lose``) and None."""
+        content = self.files.read(record.address)
+        if content is not None and is_valid_chunk(record.address, content):
+            return content
+        self._lose(record, "missing" if content is None else "corrupted")
+        return None
+
+    def _lose(self, record: ChunkRecord, why: str) -> None:
         """Quarantine a bad chunk and forget it; a responsible one is fetched again."""
-        record = self.database.get_chunk(address)
-        responsible = record is not None and record.kind is ChunkKind.RESPONSIBLE
+        address = record.address
+        responsible = record.kind is ChunkKind.RESPONSIBLE
         log.warning(
             "chunk %s is %s: quarantined%s",
             address.hex()[:16],
@@ -279,7 +285,7 @@ class ChunkKeeper(NodeActor):
             ", will be fetched again" if responsible else " (it was only cached)",
         )
         self.files.quarantine(address)
-        if self.database.delete_chunk(address) and record is not None:
+        if self.database.delete_chunk(address):
             if responsible:
                 self.bytes_stored -= record.size
                 self.chunk_count -= 1
@@ -306,7 +312,6 @@ class ChunkKeeper(NodeActor):
             content = self.files.read(address)
             if content is not None and is_valid_chunk(address, content):
                 self.database.add_chunk(address, len(content), ChunkKind.RESPONSIBLE, now)
-                self.database.mark_verified(address, now)
                 self.reconciled["adopted"] += 1
             else:
                 self.files.quarantine(address)
@@ -317,8 +322,5 @@ class ChunkKeeper(NodeActor):
     def audit(self, now: float) -> None:
         """Re-check a few chunks not verified for a while."""
         for record in self.database.chunks_due_for_audit(now - AUDIT_INTERVAL_SECONDS, AUDIT_BATCH):
-            content = self.files.read(record.address)
-            if content is not None and is_valid_chunk(record.address, content):
+            if self._checked_content(record) is not None:
                 self.database.mark_verified(record.address, now)
-            else:
-                self._lose(record.address, "missing" if content is None else "corrupted")

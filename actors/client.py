@@ -45,6 +45,7 @@ from protocol.chunks import CLOSE_GROUP_SIZE, chunk_address, is_valid_chunk
 from protocol.errors import TransportError
 from protocol.identity import Identity
 from protocol.lookup import Contact, Lookup
+from protocol.routing import K
 from protocol.self_encryption import StreamEncryptor, decrypt
 from protocol.wire import Chunk, Error, FindNode, GetChunk, Message, Nodes, PutAck, PutChunk
 from protocol.xor import closest
@@ -149,12 +150,16 @@ class Client:
             with self._known_lock:
                 self._known[peer_id] = tuple(addrs)
 
+    def _nearest_known(self, target: bytes, count: int) -> list[Contact]:
+        """The ``count`` known nodes closest to ``target``, closest first (no lookup)."""
+        with self._known_lock:
+            return [Contact(p, self._known[p]) for p in closest(target, self._known, count)]
+
     # -- finding close groups --------------------------------------------------------
 
     def closest_peers(self, target: bytes, count: int = 20) -> list[Contact]:
         """The nodes closest to ``target``, by an iterative lookup (closest first)."""
-        with self._known_lock:
-            seeds = [Contact(p, self._known[p]) for p in closest(target, self._known, 20)]
+        seeds = self._nearest_known(target, K)
         # Ending when the closest count + LOOKUP_MARGIN have answered (not the nodes' k = 20)
         # keeps a close-group lookup short while failed or late peers still have spares.
         lookup = Lookup(
@@ -239,8 +244,7 @@ class Client:
     def _get(self, address: bytes) -> bytes | None:
         """Ask the closest known node first (no lookup); if it lacks the chunk, look up the
         close group and ask its members, closest first."""
-        with self._known_lock:
-            nearest = [Contact(p, self._known[p]) for p in closest(address, self._known, 1)]
+        nearest = self._nearest_known(address, 1)
         content = self._get_from(address, nearest)
         if content is None:
             group = self.closest_peers(address, CLOSE_GROUP_SIZE + 2)
@@ -315,7 +319,6 @@ class Client:
         """
         out = out.absolute()
         temp = out.with_name(f".{out.name}.{os.getpid()}.part")
-        window = _Prefetcher(self._pool, self._get, ahead=self.parallel * 2)
         try:
             with temp.open("wb") as sink:
 
@@ -324,21 +327,28 @@ class Client:
                     if progress is not None:
                         progress(len(piece))
 
-                size = decrypt(data_address, window.fetch, write, prefetch=window.plan)
+                size = self._decrypt(data_address, write)
                 sink.flush()
                 os.fsync(sink.fileno())
             os.replace(temp, out)
         finally:
-            window.cancel()
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
         return size
 
     def get_bytes(self, data_address: bytes) -> bytes:
         parts: list[bytes] = []
-        window = _Prefetcher(self._pool, self._get, ahead=self.parallel * 2)
-        decrypt(data_address, window.fetch, parts.append, prefetch=window.plan)
+        self._decrypt(data_address, parts.append)
         return b"".join(parts)
+
+    def _decrypt(self, data_address: bytes, write: Callable[[bytes], object]) -> int:
+        """Fetch (``parallel * 2`` chunks ahead), verify and decrypt the data at
+        ``data_address``, passing its bytes to ``write`` in order; its size."""
+        window = _Prefetcher(self._pool, self._get, ahead=self.parallel * 2)
+        try:
+            return decrypt(data_address, window.fetch, write, prefetch=window.plan)
+        finally:
+            window.cancel()
 
 
 class _Prefetcher:

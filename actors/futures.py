@@ -86,3 +86,12 @@ def when_done(future: pykka.Future[T], callback: Callable[[Outcome[T]], None]) -
             f"cannot watch a {type(future).__name__} without blocking; use NotifyingFuture"
         )
     future.add_done_callback(callback)
+
+
+def tell_when_done(
+    future: pykka.Future[T], actor_ref: pykka.ActorRef[Any], message: Callable[[Outcome[T]], Any]
+) -> None:
+    """When ``future`` completes, tell ``actor_ref`` the ``message(outcome)``: how an actor
+    hears of a remote call's result in its own mailbox (an actor that stopped meanwhile
+    is skipped quietly)."""
+    when_done(future, lambda outcome: actor_ref.tell(message(outcome)))

@@ -18,9 +18,10 @@ hash: a source that serves wrong bytes is skipped and the next one is tried.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,7 @@ import pykka
 
 from actors.base import NodeActor
 from actors.bucket_manager import RemoteCalls
-from actors.futures import Outcome, when_done
+from actors.futures import Outcome, tell_when_done
 from actors.messages import (
     ChunkLost,
     ChunkStored,
@@ -43,7 +44,7 @@ from actors.messages import (
     StoreChunk,
     Tick,
 )
-from protocol.chunks import CLOSE_GROUP_SIZE, RESPONSIBILITY_MARGIN, is_responsible
+from protocol.chunks import CLOSE_GROUP_SIZE, RESPONSIBILITY_MARGIN
 from protocol.replication import FetchQueue, Handover, holders, no_longer_responsible, offers
 from protocol.wire import MAX_OFFER_ADDRESSES, Chunk, GetChunk, Message, Offer, OfferAck, PutAck
 
@@ -105,12 +106,7 @@ class Replicator(NodeActor):
                 if added:
                     self._repair(self._held(), only_to=added)
             case ChunkLost(address=address):
-                sources = [
-                    p
-                    for p in holders(address, self.own_id, self.peers, CLOSE_GROUP_SIZE + 2)
-                    if p != self.own_id
-                ]
-                self.queue.want(address, sources)
+                self.queue.want(address, self._sources(address))
             case InboundRequest(peer_id=peer_id, message=Offer(addresses=addresses), reply=reply):
                 reply(OfferAck(self._take_offer(peer_id, addresses)))
             case _Fetched(address=address, source=source, outcome=outcome):
@@ -163,18 +159,12 @@ class Replicator(NodeActor):
                 offered_to.setdefault(address, []).append(peer)
         for address in addresses:
             self.handover.start(address, offered_to.get(address, ()))
-        for peer, batch in plan.items():
-            for start in range(0, len(batch), MAX_OFFER_ADDRESSES):
-                part = tuple(batch[start : start + MAX_OFFER_ADDRESSES])
-                future = self.remote.request(peer, Offer(list(part)), OFFER_TIMEOUT)
-                self.offers_sent += 1
-                when_done(future, self._tell_handover_offered(peer, part))
-
-    def _tell_handover_offered(
-        self, peer: bytes, addresses: tuple[bytes, ...]
-    ) -> Callable[[Outcome[Message]], None]:
-        ref = self.actor_ref
-        return lambda outcome: ref.tell(_HandoverOffered(peer, addresses, outcome))
+        for peer, part in _offer_batches(plan):
+            future = self.remote.request(peer, Offer(part), OFFER_TIMEOUT)
+            self.offers_sent += 1
+            tell_when_done(
+                future, self.actor_ref, functools.partial(_HandoverOffered, peer, tuple(part))
+            )
 
     def _handover_offered(
         self, peer: bytes, addresses: tuple[bytes, ...], outcome: Outcome[Message]
@@ -188,23 +178,20 @@ class Replicator(NodeActor):
             self.handover.failed(peer, addresses)
 
     def _offer(self, plan: dict[bytes, list[bytes]]) -> None:
-        for peer, addresses in plan.items():
-            for start in range(0, len(addresses), MAX_OFFER_ADDRESSES):
-                batch = addresses[start : start + MAX_OFFER_ADDRESSES]
-                self.remote.request(peer, Offer(batch), OFFER_TIMEOUT)
-                self.offers_sent += 1
+        for peer, part in _offer_batches(plan):
+            self.remote.request(peer, Offer(part), OFFER_TIMEOUT)
+            self.offers_sent += 1
 
     def _take_offer(self, peer_id: bytes, addresses: Sequence[bytes]) -> int:
         """Queue the offered chunks this node should hold and lacks; how many."""
         self.offers_received += 1
+        not_mine = set(no_longer_responsible(addresses, self.own_id, self.peers))
         wanted = 0
         for address in addresses:
             if address in self.queue:
                 self.queue.want(address, [peer_id])
                 continue
-            if not is_responsible(
-                self.own_id, address, tuple(self.peers), CLOSE_GROUP_SIZE + RESPONSIBILITY_MARGIN
-            ):
+            if address in not_mine:
                 continue
             if self.keeper.ask(ClaimChunk(address), block=True, timeout=10):
                 continue
@@ -215,11 +202,9 @@ class Replicator(NodeActor):
     def _start_fetches(self, now: float) -> None:
         for fetch in self.queue.next_fetches(now):
             future = self.remote.request(fetch.source, GetChunk(fetch.address), FETCH_TIMEOUT)
-            when_done(future, self._tell_fetched(fetch.address, fetch.source))
-
-    def _tell_fetched(self, address: bytes, source: bytes) -> Callable[[Outcome[Message]], None]:
-        ref = self.actor_ref
-        return lambda outcome: ref.tell(_Fetched(address, source, outcome))
+            tell_when_done(
+                future, self.actor_ref, functools.partial(_Fetched, fetch.address, fetch.source)
+            )
 
     def _fetched(self, address: bytes, source: bytes, outcome: Outcome[Message]) -> None:
         reply = outcome.value
@@ -233,11 +218,19 @@ class Replicator(NodeActor):
                 "replica of %s from %s rejected: %s", address.hex()[:16], source.hex()[:16], stored
             )
         self.queue.done(address, ok=False)
-        if len(self.queue) and address in self.queue:
+        if address in self.queue:
             # ask the rest of the close group too, in case the offerer was the only source
-            others = [
-                p
-                for p in holders(address, self.own_id, self.peers, CLOSE_GROUP_SIZE + 2)
-                if p != self.own_id
-            ]
-            self.queue.want(address, others)
+            self.queue.want(address, self._sources(address))
+
+    def _sources(self, address: bytes) -> list[bytes]:
+        """The peers that may hold ``address``: its close group and the margin past it
+        within which a PUT is accepted, closest first."""
+        places = CLOSE_GROUP_SIZE + RESPONSIBILITY_MARGIN
+        return [p for p in holders(address, self.own_id, self.peers, places) if p != self.own_id]
+
+
+def _offer_batches(plan: dict[bytes, list[bytes]]) -> Iterator[tuple[bytes, list[bytes]]]:
+    """Each ``(peer, addresses)`` of an offer plan, split to fit one ``Offer`` message."""
+    for peer, addresses in plan.items():
+        for start in range(0, len(addresses), MAX_OFFER_ADDRESSES):
+            yield peer, addresses[start : start + MAX_OFFER_ADDRESSES]

@@ -326,18 +326,18 @@ class Database:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    @contextlib.contextmanager
-    def _read(self) -> Iterator[Connection]:
-        try:
-            with self._engine.begin() as connection:
-                yield connection
-        except sqlalchemy.exc.DBAPIError as exc:
-            raise _translate(self.path, exc) from exc
+    def _read(self) -> contextlib.AbstractContextManager[Connection]:
+        return self._transaction(self._engine)
+
+    def _write(self) -> contextlib.AbstractContextManager[Connection]:
+        """A transaction that takes the write lock at once (``BEGIN IMMEDIATE``)."""
+        return self._transaction(self._writer)
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[Connection]:
+    def _transaction(self, engine: Engine) -> Iterator[Connection]:
+        """One transaction on a pooled connection; driver errors become ``DatabaseError``s."""
         try:
-            with self._writer.begin() as connection:
+            with engine.begin() as connection:
                 yield connection
         except sqlalchemy.exc.DBAPIError as exc:
             raise _translate(self.path, exc) from exc

@@ -22,18 +22,15 @@ from protocol.wire import Chunk, Error, ErrorCode, GetChunk, NotFound, PutAck, P
 from tests.actors.keeper_harness import KeeperHarness
 from tests.conftest import MountTmpfs
 
-Harness = KeeperHarness
-
 
 @pytest.fixture
-def keeper(tmp_path: Path) -> Iterator[Harness]:
-    harness = Harness(tmp_path)
+def keeper(tmp_path: Path) -> Iterator[KeeperHarness]:
+    harness = KeeperHarness(tmp_path)
     yield harness
-    harness.ref.stop()
-    harness.database.close()
+    harness.close()
 
 
-def test_put_then_get_round_trip_and_idempotent(keeper: Harness) -> None:
+def test_put_then_get_round_trip_and_idempotent(keeper: KeeperHarness) -> None:
     content = os.urandom(1000)
     address = chunk_address(content)
     assert keeper.request(PutChunk(address, content)) == PutAck(address)
@@ -44,7 +41,7 @@ def test_put_then_get_round_trip_and_idempotent(keeper: Harness) -> None:
     assert status["chunks"] == 1 and status["bytes_stored"] == 1000
 
 
-def test_wrong_hash_is_refused_and_nothing_is_written(keeper: Harness) -> None:
+def test_wrong_hash_is_refused_and_nothing_is_written(keeper: KeeperHarness) -> None:
     content = os.urandom(100)
     wrong = chunk_address(b"something else")
     reply = keeper.request(PutChunk(wrong, content))
@@ -54,7 +51,7 @@ def test_wrong_hash_is_refused_and_nothing_is_written(keeper: Harness) -> None:
 
 
 def test_storage_limit_gives_storage_full(tmp_path: Path) -> None:
-    harness = Harness(tmp_path, max_storage=1500)
+    harness = KeeperHarness(tmp_path, max_storage=1500)
     try:
         first = os.urandom(1000)
         assert isinstance(harness.request(PutChunk(chunk_address(first), first)), PutAck)
@@ -65,11 +62,10 @@ def test_storage_limit_gives_storage_full(tmp_path: Path) -> None:
         assert not harness.files.exists(chunk_address(second))
         assert harness.request(GetChunk(chunk_address(first))) == Chunk(chunk_address(first), first)
     finally:
-        harness.ref.stop()
-        harness.database.close()
+        harness.close()
 
 
-def test_not_responsible_when_many_peers_are_closer(keeper: Harness) -> None:
+def test_not_responsible_when_many_peers_are_closer(keeper: KeeperHarness) -> None:
     content = os.urandom(64)
     address = chunk_address(content)
     # Peers that share a longer prefix with the address than OWN (all zeros) can.
@@ -79,7 +75,7 @@ def test_not_responsible_when_many_peers_are_closer(keeper: Harness) -> None:
     assert isinstance(reply, Error) and reply.code is ErrorCode.NOT_RESPONSIBLE
 
 
-def test_corrupted_file_is_never_served_and_is_quarantined(keeper: Harness) -> None:
+def test_corrupted_file_is_never_served_and_is_quarantined(keeper: KeeperHarness) -> None:
     content = os.urandom(4096)
     address = chunk_address(content)
     assert isinstance(keeper.request(PutChunk(address, content)), PutAck)
@@ -98,7 +94,7 @@ def test_corrupted_file_is_never_served_and_is_quarantined(keeper: Harness) -> N
     assert isinstance(keeper.request(PutChunk(address, content)), PutAck)
 
 
-def test_audit_finds_a_chunk_damaged_at_rest(keeper: Harness) -> None:
+def test_audit_finds_a_chunk_damaged_at_rest(keeper: KeeperHarness) -> None:
     content = os.urandom(512)
     address = chunk_address(content)
     assert isinstance(keeper.request(PutChunk(address, content)), PutAck)
@@ -108,12 +104,11 @@ def test_audit_finds_a_chunk_damaged_at_rest(keeper: Harness) -> None:
 
 
 def test_restart_reconciles_metadata_with_files(tmp_path: Path) -> None:
-    harness = Harness(tmp_path)
+    harness = KeeperHarness(tmp_path)
     kept, gone = os.urandom(300), os.urandom(400)
     for content in (kept, gone):
         assert isinstance(harness.request(PutChunk(chunk_address(content), content)), PutAck)
-    harness.ref.stop()
-    harness.database.close()
+    harness.close()
     # While the node was down: one file lost, one valid file appeared, one bad file appeared.
     files = ChunkFiles(tmp_path)
     files.path_of(chunk_address(gone)).unlink()
@@ -122,7 +117,7 @@ def test_restart_reconciles_metadata_with_files(tmp_path: Path) -> None:
     forged = chunk_address(b"something")
     files.write(forged, b"not that")
 
-    again = Harness(tmp_path)
+    again = KeeperHarness(tmp_path)
     try:
         status: dict[str, Any] = again.ref.ask(StatusQuery(), block=True, timeout=5)
         assert status["reconciled_at_start"] == {"missing": 1, "adopted": 1, "removed": 1}
@@ -134,15 +129,16 @@ def test_restart_reconciles_metadata_with_files(tmp_path: Path) -> None:
         again.ref.ask(StatusQuery(), timeout=5)
         assert again.lost == [ChunkLost(chunk_address(gone))], "the lost chunk is fetched again"
     finally:
-        again.ref.stop()
-        again.database.close()
+        again.close()
 
 
 def test_a_full_disk_fails_the_put_cleanly(tmp_path: Path, mount_tmpfs: MountTmpfs) -> None:
     """A real full file system under the node (not its storage limit): the PUT is refused
     with StorageFull, nothing is half-written, and what was stored before is intact."""
     root = mount_tmpfs(size="2m")
-    harness = Harness(root, max_storage=100 * 2**20)  # the limit would allow it; the disk does not
+    harness = KeeperHarness(
+        root, max_storage=100 * 2**20
+    )  # the limit would allow it; the disk does not
     try:
         stored = []
         for _ in range(20):
@@ -163,5 +159,4 @@ def test_a_full_disk_fails_the_put_cleanly(tmp_path: Path, mount_tmpfs: MountTmp
                 chunk_address(content), content
             )
     finally:
-        harness.ref.stop()
-        harness.database.close()
+        harness.close()
