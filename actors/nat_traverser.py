@@ -27,11 +27,12 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Final, TypedDict
 
 from actors._quic.endpoint import CascadeSink, ControlSink
 from actors.base import NodeActor
-from actors.futures import Outcome, when_done
+from actors.futures import Outcome, tell_when_done
 from actors.messages import (
     AddressObserved,
     ConnectPeer,
@@ -145,9 +146,11 @@ class _Job:
 
 @dataclass(frozen=True, slots=True)
 class _StepDone:
+    """A dial of the cascade finished (``outcome.error`` None: connected)."""
+
     job_id: int
     step: int
-    error: str | None
+    outcome: Outcome[bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,8 +167,8 @@ class _RelayAnswered:
 class _RttMeasured:
     job_id: int
     result: CascadeResult
-    outcome: Outcome[Message]
     sent: float
+    outcome: Outcome[Message]
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,9 +188,9 @@ class _Forwarded:
     """A coordinator's or relay's call to the target came back: answer the initiator."""
 
     request: InboundRequest
-    outcome: Outcome[Message]
     answer: Message
-    circuit: int | None = None
+    circuit: int | None
+    outcome: Outcome[Message]
 
 
 class NatTraverser(NodeActor):
@@ -281,7 +284,7 @@ class NatTraverser(NodeActor):
                 nonce = os.urandom(NONCE_BYTES)
                 self.check.started(nonce, helper, now)
                 future = self.transport.request(helper, DialBack(nonce), timeout=5.0)
-                when_done(future, lambda o: self._tell(_DialBackAnswered(nonce, o)))
+                tell_when_done(future, self.actor_ref, partial(_DialBackAnswered, nonce))
         if self.nat.reachability is Reachability.PRIVATE:
             # relay candidates: public peers, i.e. those this node dialled directly
             candidates = (
@@ -292,7 +295,7 @@ class NatTraverser(NodeActor):
             relay = self.relays.to_ask(self.nat.reachability, candidates, now)
             if relay is not None:
                 future = self.transport.request(relay, RelayReserve(), timeout=5.0)
-                when_done(future, lambda o: self._tell(_ReserveAnswered(relay, o)))
+                tell_when_done(future, self.actor_ref, partial(_ReserveAnswered, relay))
 
     def _reachability_changed(self) -> None:
         log.info("reachability: %s", self.nat.reachability)
@@ -380,11 +383,11 @@ class NatTraverser(NodeActor):
         match action:
             case DialDirect(via=addr, timeout=timeout):
                 dialled = self.transport.dial(addr, job.peer_id, timeout)
-                when_done(dialled, lambda o: self._tell(_StepDone(job.id, step, _why(o))))
+                tell_when_done(dialled, self.actor_ref, partial(_StepDone, job.id, step))
             case PunchVia(via=via, timeout=timeout) | RelayVia(via=via, timeout=timeout):
                 relay_id = _peer_of(via)
                 if relay_id is None or relay_id == self.own_id:
-                    self._tell(_StepDone(job.id, step, "no relay to ask"))
+                    self._perform(job, job.cascade.failed("no relay to ask", time.monotonic()))
                     return
                 ask: Message = (
                     PunchRequest(job.peer_id)
@@ -392,7 +395,9 @@ class NatTraverser(NodeActor):
                     else RelayConnect(job.peer_id)
                 )
                 future = self.transport.request(relay_id, ask, timeout, addrs=[via])
-                when_done(future, lambda o: self._tell(_RelayAnswered(job.id, step, relay_id, o)))
+                tell_when_done(
+                    future, self.actor_ref, partial(_RelayAnswered, job.id, step, relay_id)
+                )
             case Connected(how=how):
                 self.figures[str(how)] += 1
                 self._measure_rtt(job, str(how))
@@ -411,10 +416,11 @@ class NatTraverser(NodeActor):
         job = self._current(message.job_id, message.step)
         if job is None:
             return
-        if message.error is None:
+        error = _why(message.outcome)
+        if error is None:
             self._perform(job, job.cascade.succeeded(now))
         else:
-            self._perform(job, job.cascade.failed(message.error, now))
+            self._perform(job, job.cascade.failed(error, now))
 
     def _relay_answered(self, message: _RelayAnswered, now: float) -> None:
         """The relay answered a punch or circuit request: dial what it said."""
@@ -440,7 +446,7 @@ class NatTraverser(NodeActor):
                 self._perform(job, job.cascade.failed(why, now))
                 return
         step = message.step
-        when_done(dialled, lambda o: self._tell(_StepDone(job.id, step, _why(o))))
+        tell_when_done(dialled, self.actor_ref, partial(_StepDone, job.id, step))
 
     def _measure_rtt(self, job: _Job, how: str | None) -> None:
         connect_ms = round((time.monotonic() - job.started) * 1000.0, 3)
@@ -460,7 +466,7 @@ class NatTraverser(NodeActor):
                 return
         sent = time.monotonic()
         future = self.transport.request(job.peer_id, Ping(int.from_bytes(os.urandom(7))), 5.0)
-        when_done(future, lambda o: self._tell(_RttMeasured(job.id, result, o, sent)))
+        tell_when_done(future, self.actor_ref, partial(_RttMeasured, job.id, result, sent))
 
     def _rtt_measured(self, message: _RttMeasured) -> None:
         job = self._jobs.get(message.job_id)
@@ -573,7 +579,7 @@ class NatTraverser(NodeActor):
             target, RelayIncoming(request.peer_id, circuit.id), COORDINATION_TIMEOUT
         )
         answer = RelayCircuit(circuit.id)
-        when_done(future, lambda o: self._tell(_Forwarded(request, o, answer, circuit.id)))
+        tell_when_done(future, self.actor_ref, partial(_Forwarded, request, answer, circuit.id))
 
     def _coordinate(self, request: InboundRequest, target: bytes) -> None:
         initiator_addr = self.transport.peer_address(request.peer_id)
@@ -584,7 +590,7 @@ class NatTraverser(NodeActor):
         notify = PunchNotify(request.peer_id, format_multiaddr(*initiator_addr))
         future = self.transport.request(target, notify, COORDINATION_TIMEOUT)
         answer = PunchReply(format_multiaddr(*target_addr, target))
-        when_done(future, lambda o: self._tell(_Forwarded(request, o, answer)))
+        tell_when_done(future, self.actor_ref, partial(_Forwarded, request, answer, None))
 
     def _forwarded(self, message: _Forwarded) -> None:
         if isinstance(message.outcome.value, Ok):
@@ -594,12 +600,6 @@ class NatTraverser(NodeActor):
             self.transport.relay_close(message.circuit)
         why = _why(message.outcome) or "unexpected reply"
         message.request.reply(Error(ErrorCode.UNREACHABLE, f"the peer did not answer: {why}"))
-
-    def _tell(self, message: object) -> None:
-        try:
-            self.actor_ref.tell(message)
-        except Exception:  # stopped meanwhile
-            log.debug("NatTraverser stopped: %s dropped", type(message).__name__)
 
 
 class NatHooks(TypedDict):
