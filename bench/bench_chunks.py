@@ -20,8 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from actors.client import Client
 from bench._timing import percentiles
-from cli.control import request
-from cli.testnet import NodeEntry, start, stop
+from cli.testnet import replica_counts, start, stop
 from protocol.self_encryption import StreamEncryptor
 
 NODE_ARGS = ("--liveness-interval", "1", "--repair-interval", "5", "--refresh-interval", "10")
@@ -38,16 +37,6 @@ def chunk_latencies(client: Client, size: int, rounds: int) -> tuple[float, floa
         assert client.get_chunk(address) == data
         gets.append((time.perf_counter() - started) * 1000)
     return percentiles(puts)[0], percentiles(gets)[0]
-
-
-def replicas(nodes: list[NodeEntry], chunks: list[bytes]) -> int:
-    counts = [0] * len(chunks)
-    for node in nodes:
-        held = request(
-            Path(node.root_dir), "holds", timeout=60, addresses=[c.hex() for c in chunks]
-        )
-        counts = [n + int(h) for n, h in zip(counts, held, strict=True)]
-    return min(counts)
 
 
 def main() -> None:
@@ -91,7 +80,7 @@ def main() -> None:
                 os.kill(node.pid, signal.SIGKILL)
             killed_at = time.monotonic()
             alive = [n for n in nodes if n not in victims]
-            while replicas(alive, chunks) < 5:
+            while min(replica_counts(alive, chunks)) < 5:
                 time.sleep(0.5)
             print(
                 f"full replication ({len(chunks)} chunks x 5) restored {time.monotonic() - killed_at:.1f} s after killing {len(victims)} of {args.nodes} nodes"

@@ -31,18 +31,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._timing import percentiles
+from bench._timing import cpu_seconds, percentiles
 from cli.control import ControlError, request
 
 CLI = [sys.executable, "-m", "cli"]
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far (all its threads)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat.rpartition(")")[2].split()  # fields from the 3rd (state) on
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
 
 def cpu_percent(pid: int, seconds: float) -> float:

@@ -15,8 +15,6 @@ The measured node runs in this process, its peer in a child process on another c
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
 import os
 import statistics
 import subprocess
@@ -24,92 +22,23 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
-import pykka
 from blake3 import blake3
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, and its tests/
+
 from actors._quic.backend import QuicStack
-from actors.handshake import Handshake, HandshakeStats, HandshakeStatsQuery
-from actors.messages import InboundRequest
-from actors.transport import Transport, TransportConfig, TransportHandle
-from protocol.identity import Identity
-from protocol.wire import (
-    MAX_CHUNK_BYTES,
-    Chunk,
-    Error,
-    ErrorCode,
-    GetChunk,
-    NotFound,
-    Ping,
-    Pong,
-    PutAck,
-    PutChunk,
-)
+from bench._timing import percentiles
+from protocol.wire import MAX_CHUNK_BYTES, Chunk, GetChunk, Ping, Pong, PutAck, PutChunk
+from tests.actors.transport_nodes import ChunkStore, LiveNode, start_node
 
 ROOT = Path(__file__).resolve().parents[1]
 STACKS: tuple[QuicStack, ...] = ("qh3", "aioquic")
 
 
-@dataclasses.dataclass
-class Node:
-    handshake: pykka.ActorRef[Any]
-    transport: pykka.ActorRef[Any]
-    handle: TransportHandle
-
-    def stop(self) -> None:
-        for ref in (self.transport, self.handshake):
-            with contextlib.suppress(pykka.ActorDeadError):
-                ref.stop(timeout=10)
-
-    def handshake_stats(self) -> HandshakeStats:
-        stats = self.handshake.ask(HandshakeStatsQuery(), timeout=10)
-        assert isinstance(stats, HandshakeStats)
-        return stats
-
-
-class Store:
-    def __init__(self) -> None:
-        self.chunks: dict[bytes, bytes] = {}
-        self.lock = threading.Lock()
-
-    def __call__(self, request: InboundRequest) -> None:
-        message = request.message
-        if isinstance(message, PutChunk):
-            if blake3(message.content).digest() != message.address:
-                request.reply(Error(ErrorCode.BAD_CHUNK))
-                return
-            with self.lock:
-                self.chunks[message.address] = message.content
-            request.reply(PutAck(message.address))
-        elif isinstance(message, GetChunk):
-            with self.lock:
-                content = self.chunks.get(message.address)
-            reply = (
-                NotFound(message.address) if content is None else Chunk(message.address, content)
-            )
-            request.reply(reply)
-        else:
-            request.reply(Error(ErrorCode.UNSUPPORTED))
-
-
-def start_node(stack: QuicStack, store: Store | None = None) -> Node:
-    identity = Identity.generate()
-    handshake = Handshake.start(identity)
-    transport = Transport.start(
-        identity, handshake, TransportConfig(quic=stack), dispatch=store or Store()
-    )
-    return Node(handshake, transport, Transport.handle_of(transport))
-
-
 def pin(cpu: int) -> None:
     cpus = sorted(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cpus[cpu % len(cpus)]})
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 # -- child: the peer ---------------------------------------------------------------------
@@ -118,11 +47,11 @@ def percentile(samples: list[float], fraction: float) -> float:
 def serve(stack: QuicStack) -> None:
     """Child mode: one node holding one 4 MiB chunk, until stdin closes."""
     pin(1)
-    store = Store()
+    store = ChunkStore()
     content = os.urandom(MAX_CHUNK_BYTES)
     address = blake3(content).digest()
     store.chunks[address] = content
-    node = start_node(stack, store)
+    node = start_node(stack=stack, dispatch=store)
     print("READY", node.handle.listen_addrs()[0], address.hex(), flush=True)
     sys.stdin.read()
     node.stop()
@@ -131,13 +60,13 @@ def serve(stack: QuicStack) -> None:
 def handshake_rate(stack: QuicStack, seconds: float) -> None:
     """Child mode: full handshakes per second with both ends in this process, on one core."""
     pin(0)
-    server = start_node(stack)
-    clients = [start_node(stack) for _ in range(8)]
+    server = start_node(stack=stack)
+    clients = [start_node(stack=stack) for _ in range(8)]
     addr = server.handle.listen_addrs()[0]
     stop_at = time.monotonic() + 0.5  # warm-up
     done = 0
 
-    def run(client: Node) -> None:
+    def run(client: LiveNode) -> None:
         nonlocal done
         while time.monotonic() < stop_at:
             client.handle.dial(addr).get(timeout=30)
@@ -187,7 +116,7 @@ def measure(stack: QuicStack, quick: bool) -> dict[str, float]:
     assert line[:1] == ["READY"], line
     peer_addr, chunk_address = line[1], bytes.fromhex(line[2])
     pin(0)
-    node = start_node(stack)
+    node = start_node(stack=stack)
     try:
         handle = node.handle
         peer_id = handle.dial(peer_addr).get(timeout=10)  # warm both ends up
@@ -205,8 +134,8 @@ def measure(stack: QuicStack, quick: bool) -> dict[str, float]:
             first_replies.append(time.perf_counter() - started)
             handle.disconnect(peer_id)
             time.sleep(0.01)
-        figures["setup_p50_ms"] = statistics.median(setups) * 1000
-        figures["setup_p95_ms"] = percentile(setups, 0.95) * 1000
+        p50, p95 = percentiles(setups)
+        figures["setup_p50_ms"], figures["setup_p95_ms"] = p50 * 1000, p95 * 1000
         figures["setup_first_reply_p50_ms"] = statistics.median(first_replies) * 1000
 
         handle.dial(peer_addr).get(timeout=10)
@@ -217,8 +146,8 @@ def measure(stack: QuicStack, quick: bool) -> dict[str, float]:
             started = time.perf_counter()
             handle.request(peer_id, Ping(nonce=i)).get(timeout=10)
             rtts.append(time.perf_counter() - started)
-        figures["ping_p50_ms"] = statistics.median(rtts) * 1000
-        figures["ping_p95_ms"] = percentile(rtts, 0.95) * 1000
+        p50, p95 = percentiles(rtts)
+        figures["ping_p50_ms"], figures["ping_p95_ms"] = p50 * 1000, p95 * 1000
 
         count = 5 if quick else 20
         handle.request(peer_id, GetChunk(chunk_address), timeout=30).get(timeout=30)

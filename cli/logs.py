@@ -35,16 +35,21 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(
-    level: str = "INFO", fmt: LogFormat = "text", root_dir: Path | None = None
+    level: str = "INFO",
+    fmt: LogFormat = "text",
+    root_dir: Path | None = None,
+    *,
+    to_stderr: bool = True,
 ) -> Path | None:
-    """Log to stderr, and to ``ROOT/logs/node.log`` (rotated) when ``root_dir`` is given.
+    """Log to stderr (unless ``to_stderr`` is false: the screen belongs to a TUI), and to
+    ``ROOT/logs/node.log`` (rotated) when ``root_dir`` is given.
 
     Returns the log file's path, if any.
     """
     formatter: logging.Formatter = (
         JsonFormatter() if fmt == "json" else logging.Formatter(_TEXT_FORMAT)
     )
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)] if to_stderr else []
     log_file = None
     if root_dir is not None:
         log_dir = root_dir / LOG_DIR_NAME

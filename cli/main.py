@@ -8,13 +8,18 @@ import logging
 import signal
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cli.control import ControlError, request
 from cli.sizes import format_size, parse_size
+
+if TYPE_CHECKING:
+    from actors.node import Node, NodeConfig
+    from cli.metrics import MetricsServer
 
 log = logging.getLogger("autonomi_actors")
 
@@ -286,9 +291,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             max_reservations=args.relay_max_clients, bytes_per_second=args.relay_rate
         ),
     )
-    log_file = logs.configure(args.log_level, args.log_format, root_dir)
-    if args.tui:  # the screen belongs to the TUI: log to the file only
-        logging.getLogger().removeHandler(logging.getLogger().handlers[0])
+    log_file = logs.configure(args.log_level, args.log_format, root_dir, to_stderr=not args.tui)
     node = Node(config)
     stop = threading.Event()
 
@@ -308,7 +311,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.tui:
             from cli.top import run_top
 
-            run_top(root_dir, 0.4, stop=stop)
+            run_top(root_dir, stop=stop)
             stop.set()  # q in the TUI of `run --tui` stops the node too
         while not stop.wait(0.5):
             pass
@@ -320,7 +323,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _banner(node: Any, config: Any, log_file: Path | None, metrics: Any) -> None:
+def _banner(
+    node: Node, config: NodeConfig, log_file: Path | None, metrics: MetricsServer | None
+) -> None:
     assert node.identity is not None
     log.info("node %s running in %s", node.identity.peer_id_hex, node.root_dir)
     for addr in node.status().get("listen_addrs", []):
@@ -410,14 +415,15 @@ def cmd_testnet_start(args: argparse.Namespace) -> int:
 def cmd_testnet_status(args: argparse.Namespace) -> int:
     from cli.testnet import status
 
-    nodes = status(_testnet_dir(args))
+    directory = _testnet_dir(args)
+    nodes = status(directory)
     if args.json:
         print(json.dumps({"nodes": nodes}, indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"testnet in {_testnet_dir(args)}", title_justify="left")
+    table = Table(title=f"testnet in {directory}", title_justify="left")
     for column in ("#", "peer id", "multiaddr", "pid", "alive"):
         table.add_column(column)
     for i, node in enumerate(nodes):
@@ -485,7 +491,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from cli.top import run_top
 
     time.sleep(1.0)
-    return run_top(Path(nodes[0].root_dir), 0.4)
+    return run_top(Path(nodes[0].root_dir))
 
 
 def _entry_peers(args: argparse.Namespace) -> list[str]:
@@ -497,7 +503,7 @@ def _entry_peers(args: argparse.Namespace) -> list[str]:
     return [n.multiaddr for n in nodes[:8]]
 
 
-def _progress(total: int, label: str, quiet: bool) -> Any:
+def _progress(quiet: bool) -> Any:
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
@@ -524,7 +530,7 @@ def cmd_put(args: argparse.Namespace) -> int:
     started = time.monotonic()
     with (
         Client(_entry_peers(args), quic=args.quic) as client,
-        _progress(size, "put", args.quiet) as bar,
+        _progress(args.quiet) as bar,
     ):
         task = bar.add_task(f"put {path.name}", total=max(size, 1))
         address = client.put_file(path, progress=lambda n: bar.advance(task, n))
@@ -550,7 +556,7 @@ def cmd_get(args: argparse.Namespace) -> int:
     started = time.monotonic()
     with (
         Client(_entry_peers(args), quic=args.quic) as client,
-        _progress(0, "get", args.quiet) as bar,
+        _progress(args.quiet) as bar,
     ):
         task = bar.add_task(f"get {address.hex()[:12]}", total=None)
         size = client.get_file(address, args.output, progress=lambda n: bar.advance(task, n))
@@ -601,11 +607,7 @@ def print_status(status: dict[str, Any]) -> None:
             console.print(f"[bold]observed as[/]  {addr}")
     connections = status.get("connections", [])
     if connections:
-        kinds: dict[str, int] = {}
-        for connection in connections:
-            kinds[connection.get("how", "direct")] = (
-                kinds.get(connection.get("how", "direct"), 0) + 1
-            )
+        kinds = Counter(str(c.get("how", "direct")) for c in connections)
         console.print(
             f"[bold]connections[/]  {len(connections)} ("
             + ", ".join(f"{n} {how}" for how, n in sorted(kinds.items()))
@@ -635,26 +637,8 @@ def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentP
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
     try:
-        if argv[:1] == ["run"]:
-            from cli.config import apply_defaults
-
-            apply_defaults(_subparser(parser, "run"), argv[1:])
-    except Exception as exc:
-        if _is_user_error(exc):
-            print(f"autonomi-actors: error: {exc}", file=sys.stderr)
-            return 1
-        raise
-    args = parser.parse_args(argv)
-    if args.command != "run":  # run sets up its own logging, with its root dir known
-        from cli import logs
-
-        logs.configure(getattr(args, "log_level", "WARNING"))
-    handler: Callable[[argparse.Namespace], int] = args.handler
-    try:
-        return handler(args)
+        return _parse_and_run(list(sys.argv[1:] if argv is None else argv))
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
@@ -664,7 +648,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
 
 
+def _parse_and_run(argv: list[str]) -> int:
+    parser = build_parser()
+    if argv[:1] == ["run"]:
+        from cli.config import apply_defaults
+
+        apply_defaults(_subparser(parser, "run"), argv[1:])
+    args = parser.parse_args(argv)
+    if args.command != "run":  # run sets up its own logging, with its root dir known
+        from cli import logs
+
+        logs.configure(getattr(args, "log_level", "WARNING"))
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)
+
+
 def _is_user_error(exc: Exception) -> bool:
+    from cli.config import ConfigError
     from cli.testnet import TestnetError
     from persistence.errors import PersistenceError
     from persistence.root_dir import RootDirError
@@ -673,6 +673,7 @@ def _is_user_error(exc: Exception) -> bool:
 
     user_errors = (
         UsageError,
+        ConfigError,
         ControlError,
         RootDirError,
         IdentityError,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -60,10 +61,7 @@ def render(status: dict[str, Any]) -> str:
         "Mean time an actor takes per message.",
         [({"actor": a}, f["mean_ms"] / 1000) for a, f in actors.items()],
     )
-    kinds: dict[str, int] = {}
-    for connection in status.get("connections", []):
-        how = str(connection.get("how", "direct"))
-        kinds[how] = kinds.get(how, 0) + 1
+    kinds = Counter(str(c.get("how", "direct")) for c in status.get("connections", []))
     metric(
         "autonomi_connections",
         "gauge",
@@ -141,8 +139,6 @@ class MetricsServer:
     """``GET /metrics`` on ``host:port``, from a thread of its own."""
 
     def __init__(self, source: StatusSource, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._source = source
-
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 if self.path.split("?")[0] != "/metrics":

@@ -7,12 +7,14 @@ routing table is not empty). ``manifest.json`` in the testnet dir records them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -87,7 +89,8 @@ def _spawn(root_dir: Path, extra: list[str]) -> subprocess.Popen[bytes]:
 
 def _wait_joined(
     proc: subprocess.Popen[bytes], root_dir: Path, need_peers: bool, deadline: float
-) -> dict[str, Any]:
+) -> NodeEntry:
+    """The node's manifest entry, once it listens (and, with ``need_peers``, knows a peer)."""
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise TestnetError(
@@ -101,7 +104,13 @@ def _wait_joined(
             if status.get("listen_addrs") and (
                 not need_peers or status.get("routing_table_size", 0) > 0
             ):
-                return status
+                return NodeEntry(
+                    peer_id=status["peer_id"],
+                    multiaddr=status["listen_addrs"][0],
+                    root_dir=str(root_dir),
+                    pid=proc.pid,
+                    control_socket=str(control_socket_path(root_dir)),
+                )
         time.sleep(0.05)
     raise TestnetError(f"node in {root_dir} did not join in time; see {root_dir / 'node.out'}")
 
@@ -122,23 +131,15 @@ def start(
             f"a testnet is already running in {testnet_dir} ({len(running)} nodes); stop it first"
         )
     deadline = time.monotonic() + timeout
-    entries: list[NodeEntry] = []
-    procs: list[subprocess.Popen[bytes]] = []
+    first_root = testnet_dir / "node-00"
+    first = _spawn(first_root, ["--first", *extra_args])
     try:
-        first_root = testnet_dir / "node-00"
-        procs.append(_spawn(first_root, ["--first", *extra_args]))
-        status = _wait_joined(procs[0], first_root, need_peers=False, deadline=deadline)
-        bootstrap = status["listen_addrs"][0]
-        entries.append(_entry(status, first_root, procs[0].pid))
-        roots = [testnet_dir / f"node-{i:02d}" for i in range(1, nodes)]
-        procs += [_spawn(root, ["--peer", bootstrap, *extra_args]) for root in roots]
-        for proc, root in zip(procs[1:], roots, strict=True):
-            entries.append(
-                _entry(_wait_joined(proc, root, need_peers=True, deadline=deadline), root, proc.pid)
-            )
+        entries = [_wait_joined(first, first_root, need_peers=False, deadline=deadline)]
+        entries += _start_joiners(
+            testnet_dir, 1, nodes - 1, entries[0].multiaddr, extra_args, deadline
+        )
     except BaseException:
-        for proc in procs:
-            proc.kill()
+        first.kill()
         raise
     write_manifest(testnet_dir, entries)
     return entries
@@ -149,58 +150,73 @@ def add_nodes(
 ) -> list[NodeEntry]:
     """Start ``count`` more nodes joining through the first one; returns the new entries."""
     entries = read_manifest(testnet_dir)
-    bootstrap = entries[0].multiaddr
     deadline = time.monotonic() + timeout
-    roots = [testnet_dir / f"node-{len(entries) + i:02d}" for i in range(count)]
-    procs = [_spawn(root, ["--peer", bootstrap, *extra_args]) for root in roots]
-    added = []
-    try:
-        for proc, root in zip(procs, roots, strict=True):
-            added.append(
-                _entry(_wait_joined(proc, root, need_peers=True, deadline=deadline), root, proc.pid)
-            )
-    except BaseException:
-        for proc in procs:
-            proc.kill()
-        raise
+    added = _start_joiners(
+        testnet_dir, len(entries), count, entries[0].multiaddr, extra_args, deadline
+    )
     write_manifest(testnet_dir, entries + added)
     return added
 
 
-def _entry(status: dict[str, Any], root: Path, pid: int) -> NodeEntry:
-    return NodeEntry(
-        peer_id=status["peer_id"],
-        multiaddr=status["listen_addrs"][0],
-        root_dir=str(root),
-        pid=pid,
-        control_socket=str(control_socket_path(root)),
-    )
+def _start_joiners(
+    testnet_dir: Path,
+    first_index: int,
+    count: int,
+    bootstrap: str,
+    extra_args: tuple[str, ...],
+    deadline: float,
+) -> list[NodeEntry]:
+    """Start nodes ``node-<first_index>`` on, all joining through ``bootstrap``, and wait
+    until each has joined; on any failure every one of them is killed."""
+    roots = [testnet_dir / f"node-{first_index + i:02d}" for i in range(count)]
+    procs = [_spawn(root, ["--peer", bootstrap, *extra_args]) for root in roots]
+    try:
+        return [
+            _wait_joined(proc, root, need_peers=True, deadline=deadline)
+            for proc, root in zip(procs, roots, strict=True)
+        ]
+    except BaseException:
+        for proc in procs:
+            proc.kill()
+        raise
 
 
 def stop(testnet_dir: Path, grace: float = 10.0) -> int:
     """SIGTERM every node, SIGKILL those still running after ``grace`` seconds; returns how many ran."""
     nodes = read_manifest(testnet_dir)
-    alive = [n for n in nodes if is_alive(n.pid)]
-    for node in alive:
-        os.kill(node.pid, signal.SIGTERM)
+    alive = [n.pid for n in nodes if is_alive(n.pid)]
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(is_alive(n.pid) for n in alive):
-        _reap()
+    while time.monotonic() < deadline and any(_reaped_or_alive(pid) for pid in alive):
         time.sleep(0.05)
-    for node in alive:
-        if is_alive(node.pid):
-            os.kill(node.pid, signal.SIGKILL)
-    _reap()
+    for pid in alive:
+        if _reaped_or_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            _reaped_or_alive(pid)
     return len(alive)
 
 
-def _reap() -> None:
-    """Collect exited children, when this process started them (tests), so they are not zombies."""
-    try:
-        while os.waitpid(-1, os.WNOHANG)[0] > 0:
-            pass
-    except ChildProcessError:
-        pass
+def _reaped_or_alive(pid: int) -> bool:
+    """Whether ``pid`` still runs; when this process started it (tests) and it has exited,
+    it is collected first, so it does not linger as a zombie that counts as alive."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    return is_alive(pid)
+
+
+def replica_counts(
+    nodes: Iterable[NodeEntry], addresses: Sequence[bytes], timeout: float = 60.0
+) -> list[int]:
+    """For each of ``addresses``, how many of ``nodes`` hold it (asked with ``holds``)."""
+    counts = [0] * len(addresses)
+    hexed = [a.hex() for a in addresses]
+    for node in nodes:
+        held = request(Path(node.root_dir), "holds", timeout=timeout, addresses=hexed)
+        counts = [n + int(h) for n, h in zip(counts, held, strict=True)]
+    return counts
 
 
 def status(testnet_dir: Path) -> list[dict[str, Any]]:

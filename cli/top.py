@@ -233,11 +233,11 @@ def _connections_table(
         ("direction", lambda c: str(c.get("direction", "-"))),
         ("how", lambda c: str(c.get("how", "-"))),
         ("pq", lambda c: _pq_text(c.get("pq"))),
-        ("key exchange", lambda c: str(_first_of(c, *_GROUP_KEYS, default="-"))),
+        ("key exchange", lambda c: str(c.get("group") or "-")),
         ("rtt ms", _rtt_text),
     ]
     if wide:
-        columns[3:3] = [("address", lambda c: str(_first_of(c, *_ADDR_KEYS, default="-")))]
+        columns[3:3] = [("address", lambda c: str(c.get("remote_addr") or "-"))]
         columns += [
             ("age", lambda c: format_duration(c["age_s"]) if _is_number(c.get("age_s")) else "-"),
             ("state", _state_text),
@@ -252,10 +252,6 @@ def _connections_table(
     if not rows:
         table.add_row("(none)", *filler, style="dim")
     return table
-
-
-_ADDR_KEYS: Final = ("remote_addr", "remote", "addr")
-_GROUP_KEYS: Final = ("group", "kex_group", "key_exchange")
 
 
 def _state_text(conn: Mapping[str, Any]) -> Text:
@@ -422,13 +418,6 @@ def _rtt_text(conn: Mapping[str, Any]) -> str:
     if _is_number(conn.get("rtt")):
         return f"{conn['rtt'] * 1000.0:.1f}"
     return "-"
-
-
-def _first_of(mapping: Mapping[str, Any], *keys: str, default: Any) -> Any:
-    for key in keys:
-        if mapping.get(key) is not None:
-            return mapping[key]
-    return default
 
 
 def format_duration(seconds: float) -> str:

@@ -8,14 +8,11 @@ from pathlib import Path
 import pytest
 
 from cli.config import ConfigError, apply_defaults, env_name
-from cli.main import build_parser
+from cli.main import _subparser, build_parser
 
 
 def run_parser() -> argparse.ArgumentParser:
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    run: argparse.ArgumentParser = sub.choices["run"]
-    return run
+    return _subparser(build_parser(), "run")
 
 
 def parse(argv: list[str], environ: dict[str, str]) -> argparse.Namespace:

@@ -15,13 +15,16 @@ import pytest
 CLI = [sys.executable, "-m", "cli"]
 
 
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``autonomi-actors ARGS`` run to its end, its output captured."""
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=30)
+
+
 def wait_for_status(root: Path, timeout: float = 20.0) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
-        done = subprocess.run(
-            [*CLI, "status", "--root-dir", str(root), "--json"], capture_output=True, text=True
-        )
+        done = run_cli("status", "--root-dir", str(root), "--json")
         if done.returncode == 0:
             status: dict[str, object] = json.loads(done.stdout)
             return status
@@ -41,9 +44,8 @@ def test_run_answers_status_and_stops_on_signal(tmp_path: Path, signum: int) -> 
         peer_id = str(status["peer_id"])
         assert len(peer_id) == 64
         assert "actors" in status and "public_key" in status
-        human = subprocess.run(
-            [*CLI, "status", "--root-dir", str(root)], capture_output=True, text=True, check=True
-        )
+        human = run_cli("status", "--root-dir", str(root))
+        assert human.returncode == 0
         assert peer_id in human.stdout and "actors" in human.stdout
         started = time.monotonic()
         proc.send_signal(signum)
@@ -67,9 +69,7 @@ def test_run_answers_status_and_stops_on_signal(tmp_path: Path, signum: int) -> 
 
 
 def test_status_without_a_node_is_a_clear_error(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [*CLI, "status", "--root-dir", str(tmp_path)], capture_output=True, text=True
-    )
+    done = run_cli("status", "--root-dir", str(tmp_path))
     assert done.returncode == 1
     assert "no node is running" in done.stderr
     assert "Traceback" not in done.stderr
@@ -81,23 +81,14 @@ def test_unwritable_root_dir_is_a_clear_error(tmp_path: Path) -> None:
     else:
         (tmp_path / "ro").mkdir(mode=0o500)
         target = tmp_path / "ro" / "node"
-    done = subprocess.run(
-        [*CLI, "run", "--root-dir", str(target), "--first"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = run_cli("run", "--root-dir", str(target), "--first")
     assert done.returncode == 1
     assert "cannot create root dir" in done.stderr
     assert "Traceback" not in done.stderr
 
 
 def test_bad_size_is_a_usage_error(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [*CLI, "run", "--root-dir", str(tmp_path), "--max-storage", "lots"],
-        capture_output=True,
-        text=True,
-    )
+    done = run_cli("run", "--root-dir", str(tmp_path), "--max-storage", "lots")
     assert done.returncode == 2
     assert "not a size" in done.stderr
 
@@ -109,11 +100,7 @@ def test_cache_size_is_parsed_like_max_storage(tmp_path: Path) -> None:
     args = parser.parse_args(["run", "--root-dir", str(tmp_path), "--cache-size", "64MiB"])
     assert args.cache_size == 64 * 1024**2
     assert parser.parse_args(["run", "--root-dir", str(tmp_path)]).cache_size == 512 * 1024**2
-    done = subprocess.run(
-        [*CLI, "run", "--root-dir", str(tmp_path), "--cache-size", "big"],
-        capture_output=True,
-        text=True,
-    )
+    done = run_cli("run", "--root-dir", str(tmp_path), "--cache-size", "big")
     assert done.returncode == 2 and "not a size" in done.stderr
 
 
@@ -122,12 +109,7 @@ def test_corrupt_database_is_a_clear_error_and_is_kept(tmp_path: Path) -> None:
     root.mkdir(mode=0o700)
     garbage = b"this is not a database" * 500
     (root / "node.sqlite3").write_bytes(garbage)
-    done = subprocess.run(
-        [*CLI, "run", "--root-dir", str(root), "--first"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = run_cli("run", "--root-dir", str(root), "--first")
     assert done.returncode == 1
     assert "node.sqlite3" in done.stderr and "Traceback" not in done.stderr
     assert (root / "node.sqlite3").read_bytes() == garbage
@@ -196,7 +178,6 @@ def test_config_file_settings_apply(tmp_path: Path) -> None:
         proc.wait(timeout=10)
     bad = tmp_path / "bad.toml"
     bad.write_text('colour = "blue"\n')
-    done = subprocess.run(
-        [*CLI, "run", "--config", str(bad)], capture_output=True, text=True, timeout=30
-    )
+    done = run_cli("run", "--config", str(bad))
     assert done.returncode == 1 and "unknown setting 'colour'" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -502,6 +502,7 @@ def test_top_waits_for_the_node_and_survives_its_restart(tmp_path: Path, tmux: T
     assert tmux.wait_until_top_ended() == 0
 
 
+@needs_tmux
 def test_run_tui_shows_the_node_and_q_stops_it(tmp_path: Path, tmux: Tmux) -> None:
     root = tmp_path / "node"
     tmux.start([*CLI, "run", "--root-dir", str(root), "--first", "--tui"])

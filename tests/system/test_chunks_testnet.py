@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cli.control import request
-from cli.testnet import NodeEntry, add_nodes
+from cli.testnet import NodeEntry, add_nodes, replica_counts
 from protocol.self_encryption import StreamEncryptor
 from protocol.xor import closest
 from tests.system.conftest import NODE_ARGS, Testnet
@@ -42,7 +42,7 @@ def stored(
     return source, address, chunks
 
 
-def _get(testnet: Testnet, entry: NodeEntry, address: str, out: Path) -> None:
+def _get(entry: NodeEntry, address: str, out: Path) -> None:
     subprocess.run(
         [*CLI, "get", address, "-o", str(out), "--peer", entry.multiaddr, "--quiet"],
         capture_output=True,
@@ -52,22 +52,11 @@ def _get(testnet: Testnet, entry: NodeEntry, address: str, out: Path) -> None:
     )
 
 
-def _replicas(testnet: Testnet, chunks: list[bytes]) -> list[int]:
-    """For each chunk, how many live nodes hold it."""
-    counts = [0] * len(chunks)
-    for node in testnet.alive:
-        held = request(
-            Path(node.root_dir), "holds", timeout=30, addresses=[c.hex() for c in chunks]
-        )
-        counts = [n + int(h) for n, h in zip(counts, held, strict=True)]
-    return counts
-
-
 def _wait_for_replicas(testnet: Testnet, chunks: list[bytes], want: int, timeout: float) -> float:
     started = time.monotonic()
     counts: list[int] = []
     while time.monotonic() - started < timeout:
-        counts = _replicas(testnet, chunks)
+        counts = replica_counts(testnet.alive, chunks, timeout=30)
         if min(counts) >= want:
             return time.monotonic() - started
         time.sleep(0.5)
@@ -79,7 +68,7 @@ def test_a_file_put_through_one_node_is_got_back_from_another(
 ) -> None:
     source, address, chunks = stored
     out = tmp_path / "back.bin"
-    _get(testnet_25, testnet_25.nodes[17], address, out)
+    _get(testnet_25.nodes[17], address, out)
     assert out.read_bytes() == source.read_bytes()
     _wait_for_replicas(testnet_25, chunks, want=5, timeout=30)
 
@@ -105,7 +94,7 @@ def test_after_eight_kill_9_everything_is_gettable_and_back_to_five_replicas(
     took = _wait_for_replicas(testnet_25, chunks, want=5, timeout=90)
     print(f"5 replicas of every chunk again {took:.1f} s after the eighth kill")
     out = tmp_path / "after-kills.bin"
-    _get(testnet_25, testnet_25.alive[-1], address, out)
+    _get(testnet_25.alive[-1], address, out)
     assert out.read_bytes() == source.read_bytes()
 
 

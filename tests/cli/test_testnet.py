@@ -1,0 +1,43 @@
+"""`cli.testnet`: a small local testnet of real node processes, started, grown and stopped."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from cli import testnet
+from cli.testnet import add_nodes, is_alive, read_manifest, start, stop
+from tests.cli.test_run_and_status import run_cli
+
+
+def test_start_add_status_and_stop(tmp_path: Path) -> None:
+    directory = tmp_path / "testnet"
+    nodes = start(directory, 3, timeout=60)
+    try:
+        assert [Path(n.root_dir).name for n in nodes] == ["node-00", "node-01", "node-02"]
+        assert len({n.peer_id for n in nodes}) == 3
+        assert all(n.multiaddr.endswith(f"/p2p/{n.peer_id}") for n in nodes)
+        assert read_manifest(directory) == nodes
+        with pytest.raises(testnet.TestnetError, match="already running"):
+            start(directory, 1)
+
+        (added,) = add_nodes(directory, 1, timeout=60)
+        assert Path(added.root_dir).name == "node-03"
+        assert read_manifest(directory) == [*nodes, added]
+
+        shown = run_cli("testnet", "status", "--dir", str(directory), "--json")
+        assert shown.returncode == 0, shown.stderr
+        listed = json.loads(shown.stdout)["nodes"]
+        assert [n["peer_id"] for n in listed] == [n.peer_id for n in [*nodes, added]]
+        assert all(n["alive"] for n in listed)
+    finally:
+        started = time.monotonic()
+        stopped = stop(directory)
+        took = time.monotonic() - started
+    assert stopped == 4
+    assert took < 5, "SIGTERM stops every node (and they are reaped) well within the grace"
+    assert not any(is_alive(n.pid) for n in read_manifest(directory))
+    assert stop(directory) == 0
