@@ -7,7 +7,9 @@ STAMP := $(VENV)/.installed-stamp
 NODES ?= 25
 TESTNET_DIR ?= $(CURDIR)/data/testnet
 
-.PHONY: install run stop test lint typecheck bench system-deps clean
+EVM_STAMP := contracts/node_modules/.installed-stamp
+
+.PHONY: install run stop test lint typecheck bench system-deps evm-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +17,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# The contracts' compiler (solc-js), OpenZeppelin and the local chain (anvil, a binary inside
+# an npm package), exactly as package-lock.json pins them; reruns only when the lock changes.
+$(EVM_STAMP): contracts/package-lock.json contracts/package.json
+	@command -v npm >/dev/null || { echo "error: npm is needed (apt-get install nodejs npm)"; exit 1; }
+	cd contracts && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $(EVM_STAMP)
+
+evm-deps: $(EVM_STAMP)
+
+install: $(STAMP) $(EVM_STAMP)
 
 # nft (Debian's nftables) and iproute2 serve the NAT lab; tmux serves the TUI test.
 system-deps:
@@ -52,4 +63,4 @@ bench: install
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache contracts/node_modules
