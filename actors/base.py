@@ -8,6 +8,7 @@ future. Every message handled is timed and counted by the actor's
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -118,3 +119,9 @@ class NodeActor(pykka.ThreadingActor):
         if isinstance(message, Event):
             return None
         raise TypeError(f"{self.name} does not handle {type(message).__name__}")
+
+    def tell_self(self, message: Event) -> None:
+        """Tell this actor ``message`` from any thread (quietly skipped once it stopped):
+        how a callback brings a result back into the actor's own mailbox."""
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.actor_ref.tell(message)

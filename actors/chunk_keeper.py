@@ -7,6 +7,13 @@ reconciliation adopts after re-checking its hash. A GET re-verifies the bytes; a
 chunk that fails is quarantined, forgotten, and (if this node is responsible for it)
 reported so it is fetched again.
 
+On a paying network (``KeeperPayments``) the keeper answers ``GetQuote`` with a
+quote signed by the node, and stores a chunk only with a proof of payment: after the
+checks above, ``protocol.payments.check_proof`` runs the off-chain checks and the
+PaymentVerifier asks the chain about what is left; the PUT is answered when it has
+(the keeper serves other requests meanwhile). Proofs found paid are cached, and the
+proof is kept with the chunk's metadata so that replicas travel with it.
+
 Chunks this node is no longer responsible for are kept as a bounded cache
 (``DemoteChunks`` from the Replicator), apart from the responsible storage: cached
 bytes count against ``cache_size``, not ``max_storage``, and the least recently
@@ -20,7 +27,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
+import pykka
 
 from actors.base import NodeActor
 from actors.messages import (
@@ -28,6 +39,7 @@ from actors.messages import (
     ChunkStored,
     ClaimChunk,
     DemoteChunks,
+    Event,
     HeldChunks,
     HoldsChunk,
     InboundRequest,
@@ -36,13 +48,46 @@ from actors.messages import (
     StoreChunk,
     Tick,
 )
+from actors.payment_verifier import VerifyPayment
 from persistence.chunk_files import ChunkFiles
 from persistence.database import ChunkRecord, Database
 from persistence.errors import ChunkFileError, StorageFull
 from persistence.models import ChunkKind
 from protocol.chunk_cache import DEFAULT_CACHE_BYTES, ChunkCache
-from protocol.chunks import PutContext, PutVerdict, check_put, is_valid_chunk
-from protocol.wire import Chunk, Error, ErrorCode, GetChunk, Message, NotFound, PutAck, PutChunk
+from protocol.chunks import (
+    CLOSE_GROUP_SIZE,
+    RESPONSIBILITY_MARGIN,
+    PutContext,
+    PutVerdict,
+    check_put,
+    is_responsible,
+    is_valid_chunk,
+)
+from protocol.identity import Identity
+from protocol.payments import (
+    PROOF_ERRORS,
+    PaymentClaim,
+    ProofCache,
+    ProofContext,
+    ProofVerdict,
+    check_proof,
+    make_quote,
+    proof_key,
+    quote_price,
+)
+from protocol.wire import (
+    Chunk,
+    Error,
+    ErrorCode,
+    GetChunk,
+    GetQuote,
+    Message,
+    NotFound,
+    PaymentProof,
+    PutAck,
+    PutChunk,
+    QuoteReply,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +95,9 @@ AUDIT_INTERVAL_SECONDS = 6 * 3600.0
 """A stored chunk is re-checked when it was last verified longer ago than this."""
 AUDIT_BATCH = 4
 """Chunks re-checked per tick: slow on purpose, the audit must not compete with traffic."""
+
+_QUOTE_PLACES = CLOSE_GROUP_SIZE + RESPONSIBILITY_MARGIN
+"""A node quotes for the addresses it would accept a PUT of."""
 
 _VERDICT_ERRORS: dict[PutVerdict, tuple[ErrorCode, str]] = {
     PutVerdict.TOO_LARGE: (ErrorCode.BAD_CHUNK, "chunk larger than 4 MiB"),
@@ -65,6 +113,39 @@ _VERDICT_ERRORS: dict[PutVerdict, tuple[ErrorCode, str]] = {
 }
 
 
+_proof_decoder = msgspec.msgpack.Decoder(PaymentProof)
+
+
+@dataclass(frozen=True)
+class KeeperPayments:
+    """A paying network: the node quotes with its identity and rewards address, and the
+    PaymentVerifier checks proofs on chain."""
+
+    identity: Identity = field(repr=False)
+    rewards_address: bytes
+    verifier: pykka.ActorRef[Any] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Put:
+    """A PUT being judged: a client's (``replica`` False) or a fetched replica's."""
+
+    address: bytes
+    content: bytes = field(repr=False)
+    proof: PaymentProof | None = field(repr=False)
+    reply: Callable[[Message], None] = field(repr=False)
+    replica: bool = False
+    copies_to: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _PaymentJudged(Event):
+    put: _Put
+    key: bytes
+    claim: PaymentClaim
+    verdict: ProofVerdict
+
+
 class ChunkKeeper(NodeActor):
     name = "ChunkKeeper"
 
@@ -78,8 +159,14 @@ class ChunkKeeper(NodeActor):
         on_lost: Callable[[ChunkLost], None] = lambda _event: None,
         *,
         cache_size: int = DEFAULT_CACHE_BYTES,
+        payments: KeeperPayments | None = None,
     ) -> None:
         super().__init__()
+        self.payments = payments
+        self.proofs = ProofCache()
+        self.quotes_given = 0
+        self.paid_chunks = 0
+        self.payment_rejections: dict[str, int] = {}
         self.own_id = own_id
         self.database = database
         self.files = files
@@ -120,12 +207,18 @@ class ChunkKeeper(NodeActor):
 
     def on_receive(self, message: Any) -> Any:
         match message:
-            case InboundRequest(message=PutChunk(address=address, content=content), reply=reply):
-                reply(self.put(address, content))
-            case InboundRequest(message=GetChunk(address=address), reply=reply):
-                reply(self.get(address))
-            case StoreChunk(address=address, content=content):
-                return self.put(address, content)
+            case InboundRequest(message=PutChunk() as put, reply=reply):
+                self.put(
+                    _Put(put.address, put.content, put.proof, reply, copies_to=tuple(put.copies_to))
+                )
+            case InboundRequest(message=GetChunk(address=address, with_proof=proof), reply=reply):
+                reply(self.get(address, with_proof=proof))
+            case InboundRequest(message=GetQuote(address=address, size=size), reply=reply):
+                reply(self.quote(address, size))
+            case StoreChunk(address=address, content=content, proof=proof, reply=reply):
+                self.put(_Put(address, content, proof, reply, replica=True))
+            case _PaymentJudged(put=put, key=key, claim=claim, verdict=verdict):
+                self._payment_judged(put, key, claim, verdict)
             case RoutingChanged(added=added, removed=removed):
                 self.known_peers.difference_update(removed)
                 self.known_peers.update(added)
@@ -157,12 +250,83 @@ class ChunkKeeper(NodeActor):
                     "gets": self.gets,
                     "puts_rejected": self.rejected,
                     "reconciled_at_start": dict(self.reconciled),
+                    "payments": {
+                        "enabled": self.payments is not None,
+                        "quotes_given": self.quotes_given,
+                        "paid_chunks": self.paid_chunks,
+                        "proofs_cached": len(self.proofs),
+                        "proof_cache_hits": self.proofs.hits,
+                        "payment_rejections": dict(self.payment_rejections),
+                    },
                 }
             case _:
                 return super().on_receive(message)
         return None
 
-    def put(self, address: bytes, content: bytes) -> Message:
+    def quote(self, address: bytes, size: int) -> Message:
+        """A signed quote for storing ``address``, priced by how full this node is."""
+        if self.payments is None:
+            return Error(ErrorCode.UNSUPPORTED, "this node stores for free: it gives no quotes")
+        if not is_responsible(self.own_id, address, tuple(self.known_peers), _QUOTE_PLACES):
+            return Error(*_VERDICT_ERRORS[PutVerdict.NOT_RESPONSIBLE])
+        held = self.database.get_chunk(address)
+        quote = make_quote(
+            self.payments.identity,
+            address,
+            size,
+            quote_price(self.bytes_stored, self.max_storage),
+            time.time(),
+            self.payments.rewards_address,
+        )
+        self.quotes_given += 1
+        return QuoteReply(quote, held=held is not None and held.kind is ChunkKind.RESPONSIBLE)
+
+    def put(self, put: _Put) -> None:
+        """Judge a PUT: the chunk checks, then (on a paying network) its proof; answer
+        ``put.reply`` now, or once the chain has answered."""
+        verdict, held = self._check(put.address, put.content)
+        if verdict is not PutVerdict.STORE or self.payments is None:
+            put.reply(self._store_judged(put, verdict, held, None))
+            return
+        key = proof_key(put.proof) if put.proof is not None else b""
+        context = ProofContext(self.own_id, tuple(self.known_peers), time.time(), put.replica)
+        check = check_proof(
+            put.address, put.proof, context, known_paid=self.proofs.get(key) is not None
+        )
+        if check.verdict is ProofVerdict.PAID:
+            put.reply(self._store_judged(put, verdict, held, put.proof))
+        elif check.verdict is ProofVerdict.CHECK_CHAIN and check.claim is not None:
+            claim = check.claim
+            self.payments.verifier.tell(
+                VerifyPayment(
+                    claim,
+                    lambda paid: self.tell_self(_PaymentJudged(put, key, claim, paid)),
+                )
+            )
+        else:
+            put.reply(self._refuse_payment(check.verdict))
+
+    def _payment_judged(
+        self, put: _Put, key: bytes, claim: PaymentClaim, verdict: ProofVerdict
+    ) -> None:
+        if verdict is not ProofVerdict.PAID:
+            put.reply(self._refuse_payment(verdict))
+            return
+        self.proofs.add(key, claim)
+        # The node may have changed while the chain was asked: judge the chunk again.
+        chunk_verdict, held = self._check(put.address, put.content)
+        put.reply(self._store_judged(put, chunk_verdict, held, put.proof))
+
+    def _refuse_payment(self, verdict: ProofVerdict) -> Error:
+        self.rejected += 1
+        self.payment_rejections[verdict.value] = self.payment_rejections.get(verdict.value, 0) + 1
+        code = {
+            ProofVerdict.MISSING: ErrorCode.PAYMENT_REQUIRED,
+            ProofVerdict.CHAIN_UNAVAILABLE: ErrorCode.CHAIN_UNAVAILABLE,
+        }.get(verdict, ErrorCode.PAYMENT_INVALID)
+        return Error(code, PROOF_ERRORS[verdict])
+
+    def _check(self, address: bytes, content: bytes) -> tuple[PutVerdict, ChunkRecord | None]:
         held = self.database.get_chunk(address)
         verdict = check_put(
             address,
@@ -175,6 +339,17 @@ class ChunkKeeper(NodeActor):
                 known_peers=tuple(self.known_peers),
             ),
         )
+        return verdict, held
+
+    def _store_judged(
+        self,
+        put: _Put,
+        verdict: PutVerdict,
+        held: ChunkRecord | None,
+        proof: PaymentProof | None,
+    ) -> Message:
+        """Store a chunk whose checks (and proof) passed, or answer why not."""
+        address, content = put.address, put.content
         if verdict is PutVerdict.ALREADY_HELD:
             return PutAck(address)
         if verdict is not PutVerdict.STORE:
@@ -191,18 +366,22 @@ class ChunkKeeper(NodeActor):
             log.error("cannot store chunk %s: %s", address.hex()[:16], exc)
             return Error(ErrorCode.INTERNAL, "cannot write the chunk")
         now = time.time()
+        encoded = None if proof is None else msgspec.msgpack.encode(proof)
         if held is not None:  # a cached copy becomes a responsible one
             self._promote(held)
             self.database.mark_verified(address, now)
+            if encoded is not None:
+                self.database.set_proof(address, encoded)
         else:  # its arrival time counts as its last check (``persistence.models.AUDIT_ORDER``)
-            self.database.add_chunk(address, len(content), ChunkKind.RESPONSIBLE, now)
+            self.database.add_chunk(address, len(content), ChunkKind.RESPONSIBLE, now, encoded)
             self.bytes_stored += len(content)
             self.chunk_count += 1
         self.puts += 1
-        self.on_stored(ChunkStored(address, len(content)))
+        self.paid_chunks += proof is not None
+        self.on_stored(ChunkStored(address, len(content), put.copies_to))
         return PutAck(address)
 
-    def get(self, address: bytes) -> Message:
+    def get(self, address: bytes, with_proof: bool = False) -> Message:
         self.gets += 1
         record = self.database.get_chunk(address)
         if record is None:
@@ -213,7 +392,18 @@ class ChunkKeeper(NodeActor):
         if record.kind is ChunkKind.CACHE:
             self.cache_hits += 1
             self.cache.touch(address)
-        return Chunk(address, content)
+        return Chunk(address, content, self._proof_of(address) if with_proof else None)
+
+    def _proof_of(self, address: bytes) -> PaymentProof | None:
+        encoded = self.database.get_proof(address)
+        if encoded is None:
+            return None
+        try:
+            proof: PaymentProof = _proof_decoder.decode(encoded)
+        except msgspec.DecodeError as exc:
+            log.warning("the proof kept with %s cannot be read: %s", address.hex()[:16], exc)
+            return None
+        return proof
 
     def claim(self, address: bytes) -> bool:
         """This node is responsible for ``address``: promote a cached copy; whether it is held."""

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from protocol.wire import Message
+from protocol.wire import Message, PaymentProof
 
 Direction = Literal["inbound", "outbound"]
 
@@ -147,6 +147,8 @@ class ChunkStored(Event):
 
     address: bytes
     size: int
+    copies_to: tuple[bytes, ...] = ()
+    """Peers the client stores it on itself: no need to offer it to them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,12 +188,15 @@ class DemoteChunks(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class StoreChunk:
-    """Ask ChunkKeeper to store a chunk fetched by this node; the reply is the wire answer
-    a remote PUT would get (``PutAck`` or ``Error``)."""
+class StoreChunk(Event):
+    """Store a replica fetched by this node (with the proof of payment it came with);
+    ``reply`` gets the wire answer a remote PUT would get (``PutAck`` or ``Error``),
+    perhaps later: a proof may need the chain."""
 
     address: bytes
     content: bytes = field(repr=False)
+    proof: PaymentProof | None = field(default=None, repr=False)
+    reply: Callable[[Message], None] = field(default=lambda _message: None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

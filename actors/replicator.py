@@ -62,6 +62,16 @@ class _Fetched(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class _Stored(Event):
+    """The ChunkKeeper's answer to storing a fetched replica."""
+
+    address: bytes
+    source: bytes
+    size: int
+    reply: Message
+
+
+@dataclass(frozen=True, slots=True)
 class _HandoverOffered(Event):
     peer: bytes
     addresses: tuple[bytes, ...]
@@ -100,8 +110,11 @@ class Replicator(NodeActor):
             case RoutingChanged(added=added, removed=removed):
                 self.peers.difference_update(removed)
                 self.peers.update(added)
-            case ChunkStored(address=address):
-                self._offer(offers([address], self.own_id, self.peers))
+            case ChunkStored(address=address, copies_to=copies_to):
+                plan = offers([address], self.own_id, self.peers)
+                for peer in copies_to:  # the client stored it there itself
+                    plan.pop(peer, None)
+                self._offer(plan)
             case CloseGroupChanged(added=added):
                 if added:
                     self._repair(self._held(), only_to=added)
@@ -111,6 +124,8 @@ class Replicator(NodeActor):
                 reply(OfferAck(self._take_offer(peer_id, addresses)))
             case _Fetched(address=address, source=source, outcome=outcome):
                 self._fetched(address, source, outcome)
+            case _Stored(address=address, source=source, size=size, reply=reply):
+                self._stored(address, source, size, reply)
             case _HandoverOffered(peer=peer, addresses=addresses, outcome=outcome):
                 self._handover_offered(peer, addresses, outcome)
             case Tick(now=tick_now):
@@ -201,7 +216,9 @@ class Replicator(NodeActor):
 
     def _start_fetches(self, now: float) -> None:
         for fetch in self.queue.next_fetches(now):
-            future = self.remote.request(fetch.source, GetChunk(fetch.address), FETCH_TIMEOUT)
+            future = self.remote.request(
+                fetch.source, GetChunk(fetch.address, with_proof=True), FETCH_TIMEOUT
+            )
             tell_when_done(
                 future, self.actor_ref, functools.partial(_Fetched, fetch.address, fetch.source)
             )
@@ -209,14 +226,29 @@ class Replicator(NodeActor):
     def _fetched(self, address: bytes, source: bytes, outcome: Outcome[Message]) -> None:
         reply = outcome.value
         if isinstance(reply, Chunk) and reply.address == address:
-            stored = self.keeper.ask(StoreChunk(address, reply.content), block=True, timeout=30)
-            if isinstance(stored, PutAck):
-                self.queue.done(address, ok=True, size=len(reply.content))
-                return
-            self.bad_sources += 1
-            log.warning(
-                "replica of %s from %s rejected: %s", address.hex()[:16], source.hex()[:16], stored
+            size = len(reply.content)
+            self.keeper.tell(
+                StoreChunk(
+                    address,
+                    reply.content,
+                    reply.proof,
+                    lambda stored: self.tell_self(_Stored(address, source, size, stored)),
+                )
             )
+            return
+        self._fetch_failed(address)
+
+    def _stored(self, address: bytes, source: bytes, size: int, reply: Message) -> None:
+        if isinstance(reply, PutAck):
+            self.queue.done(address, ok=True, size=size)
+            return
+        self.bad_sources += 1
+        log.warning(
+            "replica of %s from %s rejected: %s", address.hex()[:16], source.hex()[:16], reply
+        )
+        self._fetch_failed(address)
+
+    def _fetch_failed(self, address: bytes) -> None:
         self.queue.done(address, ok=False)
         if address in self.queue:
             # ask the rest of the close group too, in case the offerer was the only source

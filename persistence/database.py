@@ -419,14 +419,17 @@ class Database:
 
     # chunks
 
-    def add_chunk(self, address: bytes, size: int, kind: ChunkKind, now: float) -> bool:
-        """Record a stored chunk; True if it is new.
+    def add_chunk(
+        self, address: bytes, size: int, kind: ChunkKind, now: float, proof: bytes | None = None
+    ) -> bool:
+        """Record a stored chunk (with its encoded proof of payment, if any); True if it
+        is new.
 
         For a chunk already recorded, its arrival and audit times are kept and only
         its kind may change, from cache to responsible (use ``set_chunk_kind`` to
-        demote it).
+        demote it); a proof given replaces the one recorded.
         """
-        values = _new_chunk_values(address, size, kind, now)
+        values = {**_new_chunk_values(address, size, kind, now), "proof": proof}
         with self._write() as connection:
             if connection.execute(_INSERT_CHUNK_IF_NEW, values).rowcount > 0:
                 return True
@@ -434,7 +437,23 @@ class Database:
                 connection.execute(
                     _SET_CHUNK_KIND, {"match_address": address, "new_kind": values["kind"]}
                 )
+            if proof is not None:
+                connection.execute(_SET_PROOF, {"match_address": address, "new_proof": proof})
             return False
+
+    def get_proof(self, address: bytes) -> bytes | None:
+        """The encoded proof of payment kept with a chunk, or None (unpaid or unknown)."""
+        with self._read() as connection:
+            proof: bytes | None = connection.execute(
+                _GET_PROOF, {"match_address": address}
+            ).scalar_one_or_none()
+        return proof
+
+    def set_proof(self, address: bytes, proof: bytes) -> bool:
+        """Keep ``proof`` with a recorded chunk; False if the chunk is unknown."""
+        with self._write() as connection:
+            values = {"match_address": address, "new_proof": proof}
+            return connection.execute(_SET_PROOF, values).rowcount > 0
 
     def add_chunks(self, chunks: Iterable[tuple[bytes, int, ChunkKind]], now: float) -> None:
         """Record many ``(address, size, kind)`` in one transaction, like ``add_chunk``."""
@@ -588,6 +607,8 @@ _address_is = _chunks.c.address == bindparam("match_address")
 _GET_CHUNK = select(*_CHUNK_COLUMNS).where(_address_is)
 _DELETE_CHUNK = delete(_chunks).where(_address_is)
 _SET_CHUNK_KIND = update(_chunks).where(_address_is).values(kind=bindparam("new_kind"))
+_GET_PROOF = select(_chunks.c.proof).where(_address_is)
+_SET_PROOF = update(_chunks).where(_address_is).values(proof=bindparam("new_proof"))
 _MARK_VERIFIED = update(_chunks).where(_address_is).values(last_verified=bindparam("verified_at"))
 _LIST_CHUNKS = select(_chunks.c.address).order_by(_chunks.c.address)
 _LIST_CHUNKS_OF_KIND = _LIST_CHUNKS.where(_chunks.c.kind == bindparam("kind"))

@@ -93,6 +93,9 @@ class ChunkRow(Base):
     kind: Mapped[str] = mapped_column(String(16))
     stored_at: Mapped[float] = mapped_column(Float)
     last_verified: Mapped[float | None] = mapped_column(Float)
+    proof: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+    """The chunk's proof of payment (msgpack ``PaymentProof``), carried to replicas
+    (revision 0004); None on a free network or for a chunk adopted from disk."""
 
 
 AUDIT_ORDER = func.coalesce(ChunkRow.last_verified, ChunkRow.stored_at)

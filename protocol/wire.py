@@ -31,6 +31,9 @@ MAX_ADDRS_PER_PEER: Final = 8
 MAX_ADDR_CHARS: Final = 256
 MAX_ERROR_CHARS: Final = 1024
 MAX_OFFER_ADDRESSES: Final = 1024
+MAX_PROOF_QUOTES: Final = 7
+"""Quotes a payment proof may carry: the close group and the margin past it."""
+EVM_ADDRESS_BYTES: Final = 20
 
 _HEADER = struct.Struct(">IB")
 HEADER_BYTES: Final = _HEADER.size
@@ -51,6 +54,12 @@ InstanceId = Annotated[
 ]
 PublicKey = Annotated[bytes, msgspec.Meta(min_length=PUBLIC_KEY_BYTES, max_length=PUBLIC_KEY_BYTES)]
 Signature = Annotated[bytes, msgspec.Meta(min_length=SIGNATURE_BYTES, max_length=SIGNATURE_BYTES)]
+EvmAddress = Annotated[
+    bytes, msgspec.Meta(min_length=EVM_ADDRESS_BYTES, max_length=EVM_ADDRESS_BYTES)
+]
+"""A 20-byte account on the EVM chain (a node's rewards address)."""
+TokenAmount = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+"""Token base units (18 decimals)."""
 
 
 class WireError(ValueError):
@@ -71,6 +80,12 @@ class ErrorCode(enum.StrEnum):
     """A coordinator or relay has no connection to the peer asked for."""
     REFUSED = "refused"
     """A relay does not serve this request (not public, full, or no reservation)."""
+    PAYMENT_REQUIRED = "payment_required"
+    """A PUT without a proof of payment, to a node that stores only paid data."""
+    PAYMENT_INVALID = "payment_invalid"
+    """The proof of payment is forged, for another chunk, expired, unpaid or underpaid."""
+    CHAIN_UNAVAILABLE = "chain_unavailable"
+    """The node could not ask the chain whether the proof was paid: try again later."""
     INTERNAL = "internal"
 
 
@@ -105,9 +120,44 @@ class Nodes(_Message, tag="nodes", frozen=True):
     peers: Annotated[list[PeerRecord], msgspec.Meta(max_length=MAX_PEERS_PER_REPLY)]
 
 
+class Quote(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+    """A node's signed price for storing one chunk (``protocol.payments`` holds the rules)."""
+
+    address: Address
+    size: Annotated[int, msgspec.Meta(ge=0, le=MAX_CHUNK_BYTES)]
+    price: TokenAmount
+    timestamp: Annotated[int, msgspec.Meta(ge=0)]
+    """Unix seconds when the quote was made."""
+    rewards_address: EvmAddress
+    public_key: PublicKey
+    signature: Signature
+
+
+class PaymentProof(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+    """The quotes a client got for a chunk; the median one is paid on chain."""
+
+    quotes: Annotated[list[Quote], msgspec.Meta(max_length=MAX_PROOF_QUOTES)]
+
+
+class GetQuote(_Message, tag="get_quote", frozen=True):
+    address: Address
+    size: Annotated[int, msgspec.Meta(ge=0, le=MAX_CHUNK_BYTES)]
+
+
+class QuoteReply(_Message, tag="quote", frozen=True):
+    """Reply to ``GetQuote``; ``held``: this node already stores the chunk (nothing to pay)."""
+
+    quote: Quote
+    held: bool = False
+
+
 class PutChunk(_Message, tag="put_chunk", frozen=True):
     address: Address
     content: ChunkContent
+    proof: PaymentProof | None = None
+    copies_to: Annotated[list[Address], msgspec.Meta(max_length=MAX_PROOF_QUOTES)] = []
+    """The other peers the sender stores this chunk on itself: the receiver need not offer
+    it to them."""
 
 
 class PutAck(_Message, tag="put_ack", frozen=True):
@@ -116,11 +166,14 @@ class PutAck(_Message, tag="put_ack", frozen=True):
 
 class GetChunk(_Message, tag="get_chunk", frozen=True):
     address: Address
+    with_proof: bool = False
+    """Send the chunk's proof of payment too (a replica is stored only with one)."""
 
 
 class Chunk(_Message, tag="chunk", frozen=True):
     address: Address
     content: ChunkContent
+    proof: PaymentProof | None = None
 
 
 class NotFound(_Message, tag="not_found", frozen=True):
@@ -264,6 +317,8 @@ Message = (
     | RelayIncoming
     | RelayCircuit
     | Announce
+    | GetQuote
+    | QuoteReply
 )
 """Every message that can travel in a frame (``Hello``/``Proof`` only on handshake streams)."""
 

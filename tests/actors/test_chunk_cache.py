@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from actors.futures import NotifyingFuture
 from actors.messages import (
     ChunkStored,
     ClaimChunk,
@@ -23,7 +24,7 @@ from actors.node import Node, NodeConfig
 from persistence.models import ChunkKind
 from protocol.chunks import CLOSE_GROUP_SIZE, RESPONSIBILITY_MARGIN, chunk_address
 from protocol.identity import Identity
-from protocol.wire import Chunk, Error, ErrorCode, GetChunk, NotFound, PutAck, PutChunk
+from protocol.wire import Chunk, Error, ErrorCode, GetChunk, Message, NotFound, PutAck, PutChunk
 from protocol.xor import closest
 from tests.actors.keeper_harness import KeeperHarness
 
@@ -277,8 +278,9 @@ def test_a_holder_pushed_out_by_joiners_keeps_the_chunk_as_cache_and_serves_it(
         for address, content in zip(addresses, contents, strict=True):
             group = [by_id[p] for p in closest(address, list(by_id), 5)]
             for node in group:
-                reply = node.refs["ChunkKeeper"].ask(StoreChunk(address, content), timeout=5)
-                assert reply == PutAck(address)
+                answer: NotifyingFuture[Message] = NotifyingFuture()
+                node.refs["ChunkKeeper"].tell(StoreChunk(address, content, reply=answer.set))
+                assert answer.get(timeout=5) == PutAck(address)
             holders_of[address] = group
 
         for i, identity in enumerate(joiner_ids):
