@@ -28,12 +28,14 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
+import msgspec
 import pykka
 
 from actors._quic.endpoint import TransportConfig
@@ -41,21 +43,44 @@ from actors.futures import Outcome, when_done
 from actors.handshake import Handshake
 from actors.nat_traverser import NatConfig, NatTraverser, nat_hooks
 from actors.transport import Transport, TransportHandle
+from persistence.chunk_files import ChunkFiles
+from persistence.errors import ChunkFileError
 from protocol.chunks import CLOSE_GROUP_SIZE, chunk_address, is_valid_chunk
 from protocol.errors import TransportError
 from protocol.identity import Identity
 from protocol.lookup import Contact, Lookup
+from protocol.payments import MIN_QUOTES, is_fresh, is_valid_quote, payment_for
 from protocol.routing import K
-from protocol.self_encryption import StreamEncryptor, decrypt
-from protocol.wire import Chunk, Error, FindNode, GetChunk, Message, Nodes, PutAck, PutChunk
+from protocol.self_encryption import EncryptedChunk, StreamEncryptor, decrypt
+from protocol.wire import (
+    Chunk,
+    Error,
+    FindNode,
+    GetChunk,
+    GetQuote,
+    Message,
+    Nodes,
+    PaymentProof,
+    PutAck,
+    PutChunk,
+    QuoteReply,
+)
 from protocol.xor import closest
+
+if TYPE_CHECKING:
+    from evm.wallet import Wallet
 
 log = logging.getLogger(__name__)
 
 QUERY_TIMEOUT: Final = 5.0
 LOOKUP_MARGIN: Final = 3
 PUT_QUORUM: Final = 3
-"""Acknowledgements a PUT needs (of the close group's 5) to count as stored."""
+"""Acknowledgements a PUT needs (of the close group's 5) to count as stored; also the
+holders that make a chunk count as already stored (nothing to pay)."""
+PAY_BATCH_CHUNKS: Final = 64
+PAY_BATCH_BYTES: Final = 128 * 1024 * 1024
+"""A file is quoted, paid (one transaction) and uploaded this many chunks (or bytes) at a
+time: memory stays bounded, and a failure costs at most one batch's work."""
 
 Progress = Callable[[int], None]
 """Called with a number of bytes just handled (for progress bars)."""
@@ -63,6 +88,42 @@ Progress = Callable[[int], None]
 
 class ClientError(Exception):
     """A put or get that could not be completed; the message says why."""
+
+
+@dataclass
+class PutReport:
+    """What a put did (or, estimated, would do): chunks, what was paid, what was not needed."""
+
+    address: bytes = b""
+    chunks: int = 0
+    already_stored: int = 0
+    """Chunks their close group already held: not paid for, not uploaded."""
+    paid: int = 0
+    """Token base units paid (or, for an estimate, to pay)."""
+    reused_proofs: int = 0
+    """Chunks stored with a proof paid by an earlier, interrupted put (not paid again)."""
+    gas_used: int = 0
+    transactions: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "address": self.address.hex(),
+            "chunks": self.chunks,
+            "paid": self.paid,
+            "already_stored": self.already_stored,
+            "reused_proofs": self.reused_proofs,
+            "gas_used": self.gas_used,
+            "transactions": list(self.transactions),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _Placement:
+    """One chunk of a batch: its close group, and the proof it is stored with."""
+
+    chunk: EncryptedChunk
+    group: list[Contact]
+    proof: PaymentProof | None = None
 
 
 class Client:
@@ -76,9 +137,16 @@ class Client:
         host: str = "0.0.0.0",
         request_timeout: float = 60.0,
         parallel: int = 4,
+        wallet: Wallet | None = None,
+        receipts_dir: Path | None = None,
     ) -> None:
+        """``wallet``: pay for what is stored (a paying network); None stores for free.
+        ``receipts_dir``: where proofs paid for but not yet stored are kept, so that a put
+        run again after a failure never pays twice for a chunk."""
         if not peers:
             raise ClientError("a client needs at least one peer address to start from")
+        self.wallet = wallet
+        self._receipts = None if receipts_dir is None else _open_receipts(receipts_dir)
         self.identity = Identity.generate()
         self.request_timeout = request_timeout
         self.parallel = parallel
@@ -200,39 +268,53 @@ class Client:
     # -- chunks ----------------------------------------------------------------------
 
     def put_chunk(self, content: bytes) -> bytes:
-        """Store one chunk on its close group; returns its address."""
+        """Store one chunk on its close group (paying for it on a paying network);
+        returns its address."""
         address = chunk_address(content)
-        self._put(address, content)
+        self._store_batch([EncryptedChunk(address, content)], PutReport(), None)
         return address
 
-    def _put(self, address: bytes, content: bytes) -> int:
-        group = self.closest_peers(address, CLOSE_GROUP_SIZE)
+    def _put(self, placement: _Placement) -> int:
+        """PUT a chunk to every member of its close group; return once ``PUT_QUORUM``
+        acknowledged (the rest finish on their own), with how many had."""
+        address, content, group = placement.chunk.address, placement.chunk.content, placement.group
         if not group:
             raise ClientError("no node found to store the chunk on")
-        futures = [
-            self.transport.request(
-                c.peer_id, PutChunk(address, content), self.request_timeout, c.addrs
+        others = [c.peer_id for c in group]
+        answers: queue.Queue[tuple[bytes, Outcome[Message]]] = queue.Queue()
+        for contact in group:
+            message = PutChunk(
+                address,
+                content,
+                placement.proof,
+                [p for p in others if p != contact.peer_id],
             )
-            for c in group
-        ]
+            future = self.transport.request(
+                contact.peer_id, message, self.request_timeout, contact.addrs
+            )
+            when_done(future, partial(_deliver, answers, contact.peer_id))
         acks = 0
         problems = []
-        for contact, future in zip(group, futures, strict=True):
+        need = min(PUT_QUORUM, len(group))
+        for _ in group:
             try:
-                reply = future.get(timeout=self.request_timeout + 5)
-            except (TransportError, pykka.Timeout) as exc:
-                problems.append(f"{contact.peer_id.hex()[:12]}: {exc}")
-                continue
+                peer_id, outcome = answers.get(timeout=self.request_timeout + 5)
+            except queue.Empty:
+                problems.append("no answer in time")
+                break
+            reply = outcome.value
             if isinstance(reply, PutAck):
                 acks += 1
+                if acks >= need:
+                    return acks
             elif isinstance(reply, Error):
-                problems.append(f"{contact.peer_id.hex()[:12]}: {reply.code}: {reply.message}")
-        if acks < min(PUT_QUORUM, len(group)):
-            raise ClientError(
-                f"chunk {address.hex()[:16]} stored on {acks} of {len(group)} nodes: "
-                + "; ".join(problems)
-            )
-        return acks
+                problems.append(f"{peer_id.hex()[:12]}: {reply.code}: {reply.message}")
+            else:
+                problems.append(f"{peer_id.hex()[:12]}: {outcome.error or reply}")
+        raise ClientError(
+            f"chunk {address.hex()[:16]} stored on {acks} of {len(group)} nodes: "
+            + "; ".join(problems)
+        )
 
     def get_chunk(self, address: bytes) -> bytes:
         """Fetch a chunk, verified against its address."""
@@ -274,42 +356,224 @@ class Client:
 
     def put_file(self, path: Path, progress: Progress | None = None) -> bytes:
         """Self-encrypt the file into chunks, store them, return the data address."""
+        return self.upload_file(path, progress).address
+
+    def upload_file(
+        self, path: Path, progress: Progress | None = None, *, estimate: bool = False
+    ) -> PutReport:
+        """Self-encrypt the file into chunks and store them (paying on a paying network);
+        with ``estimate``, only ask for quotes: what it would cost, nothing paid or stored."""
         with path.open("rb") as source:
-            encryptor = StreamEncryptor(source)
-            self._put_all(encryptor.chunks(), progress)
-            return encryptor.data_address
+            return self._upload(StreamEncryptor(source), progress, estimate)
 
     def put_bytes(self, data: bytes) -> bytes:
         """Self-encrypt ``data`` and store it; returns the data address."""
-        encryptor = StreamEncryptor(io.BytesIO(data))
-        self._put_all(encryptor.chunks(), None)
-        return encryptor.data_address
+        return self._upload(StreamEncryptor(io.BytesIO(data)), None, False).address
 
-    def _put_all(self, chunks: Iterator[Any], progress: Progress | None) -> None:
-        """Store chunks ``parallel`` at a time; the last one (the data map) only after
+    def _upload(
+        self, encryptor: StreamEncryptor, progress: Progress | None, estimate: bool
+    ) -> PutReport:
+        """Store the chunks a batch at a time; the last one (the data map) only after
         every other is stored, so a data address never points at missing chunks."""
-        pending: list[Future[int]] = []
-        held_back = None
-        for chunk in chunks:
+        report = PutReport()
+        expected = len(encryptor.piece_sizes) + 1
+        batch: list[EncryptedChunk] = []
+        batch_bytes = 0
+        held_back: EncryptedChunk | None = None
+        for chunk in encryptor.chunks():
             if held_back is not None:
-                pending.append(
-                    self._pool.submit(
-                        self._put_counted, held_back.address, held_back.content, progress
-                    )
-                )
+                batch.append(held_back)
+                batch_bytes += len(held_back.content)
             held_back = chunk
+            if len(batch) >= PAY_BATCH_CHUNKS or batch_bytes >= PAY_BATCH_BYTES:
+                self._store_batch(batch, report, progress, estimate=estimate, expected=expected)
+                batch, batch_bytes = [], 0
+        if held_back is not None:
+            batch.append(held_back)
+        self._store_batch(
+            batch, report, progress, estimate=estimate, expected=expected, last_alone=True
+        )
+        report.address = encryptor.data_address
+        return report
+
+    def _store_batch(
+        self,
+        chunks: list[EncryptedChunk],
+        report: PutReport,
+        progress: Progress | None,
+        *,
+        estimate: bool = False,
+        expected: int = 0,
+        last_alone: bool = False,
+    ) -> None:
+        """Find each chunk's close group; on a paying network get its quotes, skip what
+        is already stored, pay for the rest in one transaction; then store them,
+        ``parallel`` at a time (the last one after all others with ``last_alone``)."""
+        if not chunks:
+            return
+        first_batch = report.chunks == 0
+        report.chunks += len(chunks)
+        groups = list(
+            self._pool.map(lambda c: self.closest_peers(c.address, CLOSE_GROUP_SIZE), chunks)
+        )
+        placements = [_Placement(c, g) for c, g in zip(chunks, groups, strict=True)]
+        if self.wallet is not None:
+            placements = self._pay(placements, report, estimate, first_batch, expected)
+        if estimate:
+            return
+        tail = placements.pop() if last_alone and placements else None
+        pending: list[Future[int]] = []
+        for placement in placements:
+            pending.append(self._pool.submit(self._put_counted, placement, progress))
             while len(pending) >= self.parallel:
                 pending.pop(0).result()
         for future in pending:
             future.result()
-        if held_back is not None:
-            self._put_counted(held_back.address, held_back.content, progress)
+        if tail is not None:
+            self._put_counted(tail, progress)
 
-    def _put_counted(self, address: bytes, content: bytes, progress: Progress | None) -> int:
-        acks = self._put(address, content)
+    def _put_counted(self, placement: _Placement, progress: Progress | None) -> int:
+        acks = self._put(placement)
+        if self._receipts is not None and placement.proof is not None:
+            with contextlib.suppress(ChunkFileError):
+                self._receipts.delete(placement.chunk.address)
         if progress is not None:
-            progress(len(content))
+            progress(len(placement.chunk.content))
         return acks
+
+    # -- payments ----------------------------------------------------------------------
+
+    def _pay(
+        self,
+        placements: list[_Placement],
+        report: PutReport,
+        estimate: bool,
+        first_batch: bool,
+        expected: int,
+    ) -> list[_Placement]:
+        """Quote every chunk; drop those already stored; reuse proofs paid before; pay
+        for the rest in one transaction. The placements left to store, with their proofs."""
+        assert self.wallet is not None
+        quoted = list(self._pool.map(self._quotes, placements))
+        to_store: list[_Placement] = []
+        to_pay: list[_Placement] = []
+        now = time.time()
+        for placement, (held, quotes) in zip(placements, quoted, strict=True):
+            if held >= PUT_QUORUM:
+                report.already_stored += 1
+                continue
+            if len(quotes) < MIN_QUOTES:
+                raise ClientError(
+                    f"chunk {placement.chunk.address.hex()[:16]}: only {len(quotes)} nodes of "
+                    f"its close group gave a valid quote (at least {MIN_QUOTES} are needed)"
+                )
+            paid_before = self._paid_before(placement.chunk.address, now)
+            if paid_before is not None and not estimate:
+                report.reused_proofs += 1
+                to_store.append(_Placement(placement.chunk, placement.group, paid_before))
+            else:
+                to_pay.append(_Placement(placement.chunk, placement.group, PaymentProof(quotes)))
+        claims = [payment_for(p.proof.quotes) for p in to_pay if p.proof is not None]
+        cost = sum(c.amount for c in claims)
+        if estimate:
+            report.paid += cost
+            return []
+        if not claims:
+            return to_store
+        if first_batch:
+            self._check_funds(cost, len(placements), expected)
+        from evm.rpc import ChainError
+
+        try:
+            result = self.wallet.pay_for_quotes(
+                [("0x" + c.rewards_address.hex(), c.amount, c.quote_hash) for c in claims]
+            )
+        except ChainError as exc:
+            raise ClientError(
+                f"payment failed, nothing was uploaded in this batch: {exc}"
+            ) from None
+        report.paid += result.amount_paid
+        report.gas_used += result.gas_used
+        report.transactions += result.tx_hashes
+        for placement in to_pay:
+            self._keep_receipt(placement)
+        return to_store + to_pay
+
+    def _check_funds(self, batch_cost: int, batch_chunks: int, expected_chunks: int) -> None:
+        """Before anything is paid: can the wallet pay for the whole file? (The cost of
+        the chunks not quoted yet is estimated from this batch's.)"""
+        assert self.wallet is not None
+        from evm.rpc import ChainError
+
+        estimate = batch_cost * max(expected_chunks, batch_chunks) // max(batch_chunks, 1)
+        try:
+            balance = self.wallet.token_balance()
+        except ChainError as exc:
+            raise ClientError(f"cannot read the wallet's balance: {exc}") from None
+        if balance < batch_cost or balance < estimate:
+            raise ClientError(
+                f"not enough tokens: storing this costs about {estimate} token units, the "
+                f"wallet {self.wallet.address} holds {balance}; nothing was paid or uploaded"
+            )
+
+    def _quotes(self, placement: _Placement) -> tuple[int, list[Any]]:
+        """Ask the close group for quotes: how many already hold the chunk, and the
+        valid quotes of the others."""
+        chunk = placement.chunk
+        size = len(chunk.content)
+        futures = [
+            (
+                c.peer_id,
+                self.transport.request(
+                    c.peer_id, GetQuote(chunk.address, size), QUERY_TIMEOUT, c.addrs
+                ),
+            )
+            for c in placement.group
+        ]
+        held = 0
+        quotes = []
+        for peer_id, future in futures:
+            try:
+                reply = future.get(timeout=QUERY_TIMEOUT + 5)
+            except (TransportError, pykka.Timeout) as exc:
+                log.info("no quote from %s: %s", peer_id.hex()[:12], exc)
+                continue
+            if not isinstance(reply, QuoteReply):
+                log.info("no quote from %s: %s", peer_id.hex()[:12], reply)
+                continue
+            if reply.held:
+                held += 1
+            elif is_valid_quote(reply.quote, chunk.address, peer_id, size):
+                quotes.append(reply.quote)
+            else:
+                log.warning("node %s gave an invalid quote: skipped", peer_id.hex()[:16])
+        return held, quotes
+
+    def _paid_before(self, address: bytes, now: float) -> PaymentProof | None:
+        """A proof paid for this chunk by an earlier put that did not finish, if its
+        quotes are still young enough for the nodes to accept."""
+        if self._receipts is None:
+            return None
+        try:
+            encoded = self._receipts.read(address)
+        except ChunkFileError:
+            return None
+        if encoded is None:
+            return None
+        try:
+            proof = _proof_decoder.decode(encoded)
+        except msgspec.DecodeError:
+            return None
+        return proof if is_fresh(proof, now) else None
+
+    def _keep_receipt(self, placement: _Placement) -> None:
+        if self._receipts is not None and placement.proof is not None:
+            try:
+                self._receipts.write(
+                    placement.chunk.address, msgspec.msgpack.encode(placement.proof)
+                )
+            except ChunkFileError as exc:
+                log.warning("cannot keep the receipt of a payment: %s", exc)
 
     def get_file(self, data_address: bytes, out: Path, progress: Progress | None = None) -> int:
         """Fetch, verify and decrypt the file at ``data_address`` into ``out``; its size.
@@ -383,6 +647,18 @@ class _Prefetcher:
         for future in self._running.values():
             future.cancel()
         self._running.clear()
+
+
+_proof_decoder = msgspec.msgpack.Decoder(PaymentProof)
+
+
+def _open_receipts(directory: Path) -> ChunkFiles:
+    """The receipts store: proofs paid for, by chunk address, written atomically."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        return ChunkFiles(directory)
+    except (OSError, ChunkFileError) as exc:
+        raise ClientError(f"cannot use {directory} for payment receipts: {exc}") from None
 
 
 def _deliver(

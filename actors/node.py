@@ -22,7 +22,7 @@ import pykka
 from actors._quic.endpoint import TransportConfig
 from actors.base import MailboxFigures, NodeActor
 from actors.bucket_manager import BucketManager
-from actors.chunk_keeper import ChunkKeeper
+from actors.chunk_keeper import ChunkKeeper, KeeperPayments
 from actors.close_group_tracker import CloseGroupTracker
 from actors.futures import NotifyingFuture
 from actors.handshake import Handshake
@@ -55,6 +55,7 @@ from protocol.wire import (
     ErrorCode,
     FindNode,
     GetChunk,
+    GetQuote,
     Message,
     Nodes,
     Offer,
@@ -73,6 +74,7 @@ _SERVED_BY: dict[type[Message], str] = {
     FindNode: "BucketManager",
     PutChunk: "ChunkKeeper",
     GetChunk: "ChunkKeeper",
+    GetQuote: "ChunkKeeper",
     Offer: "Replicator",
     DialBack: "NatTraverser",
     PunchRequest: "NatTraverser",
@@ -85,6 +87,19 @@ _SERVED_BY: dict[type[Message], str] = {
 
 QuicStack = Literal["qh3", "aioquic"]
 DEFAULT_MAX_STORAGE = 10 * 1024**3
+
+
+@dataclass(frozen=True)
+class NodePayments:
+    """A node that is paid to store: where its rewards go, and the chain to check on."""
+
+    rewards_address: bytes
+    """20 bytes: the EVM account that receives this node's payments."""
+    rpc_url: str
+    token_address: str
+    vault_address: str
+    chain_timeout: float = 10.0
+    """Seconds a chain question may take before the PUT fails (and is retried later)."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +131,8 @@ class NodeConfig:
     """Skip the dial-back checks and take this verdict."""
     relay_limits: RelayLimits = field(default_factory=RelayLimits)
     """What this node grants peers behind NAT when it relays for them."""
+    payments: NodePayments | None = None
+    """None: a free network, every valid chunk is stored unpaid."""
     punch: bool = True
     control_socket: bool = True
     identity: Identity | None = field(default=None, repr=False)
@@ -176,6 +193,7 @@ class Node:
             log.info("removed an unfinished chunk write: %s", stray.name)
 
         close_groups = self._spawn(CloseGroupTracker, own_id)
+        keeper_payments = self._start_payments(self.identity)
         keeper = self._spawn(
             ChunkKeeper,
             own_id,
@@ -185,6 +203,7 @@ class Node:
             on_stored=self._tell("Replicator"),
             on_lost=self._tell("Replicator"),
             cache_size=self.config.cache_size,
+            payments=keeper_payments,
         )
         handshake = self._spawn(Handshake, self.identity)
         transport = self._spawn(
@@ -251,6 +270,23 @@ class Node:
             )
             control.start()
             self._cleanup.append(control.stop)
+
+    def _start_payments(self, identity: Identity) -> KeeperPayments | None:
+        """The PaymentVerifier, on a paying network (the chain client is imported only then)."""
+        payments = self.config.payments
+        if payments is None:
+            return None
+        from actors.payment_verifier import PaymentVerifier
+        from evm.rpc import RpcClient
+        from evm.vault import PaymentVaultReader
+
+        chain = PaymentVaultReader(
+            RpcClient(payments.rpc_url, timeout=payments.chain_timeout),
+            payments.vault_address,
+            payments.token_address,
+        )
+        verifier = self._spawn(PaymentVerifier, chain, payments.rewards_address)
+        return KeeperPayments(identity, payments.rewards_address, verifier)
 
     def _tell(self, name: str) -> Callable[[Any], None]:
         """A callable that tells the named actor, looked up at call time (it may start later)."""
@@ -406,7 +442,11 @@ class Node:
                 log.warning("%s gave no status: %s", name, exc)
                 continue
             if isinstance(section, dict):
-                result.update(section)
+                for key, value in section.items():  # two actors may fill one section
+                    if isinstance(value, dict) and isinstance(result.get(key), dict):
+                        result[key].update(value)
+                    else:
+                        result[key] = value
         result["actors"] = {
             name: {f: getattr(figures, f) for f in figures.__struct_fields__}
             for name, figures in self.mailboxes().items()

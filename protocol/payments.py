@@ -286,3 +286,20 @@ class ProofCache:
         self._paid.move_to_end(key)
         while len(self._paid) > self.capacity:
             self._paid.popitem(last=False)
+
+
+def is_valid_quote(quote: Quote, address: bytes, peer_id: bytes, size: int) -> bool:
+    """A quote a client may pay: for the chunk asked about, made by the peer asked,
+    signed by it (a quote that fails would make every node refuse the proof)."""
+    return (
+        quote.address == address
+        and quote.size == size
+        and quoter(quote) == peer_id
+        and verify(quote.public_key, quote.signature, signed_bytes(quote))
+    )
+
+
+def is_fresh(proof: PaymentProof, now: float, margin: float = 300.0) -> bool:
+    """Every quote of the proof is young enough for its node to still accept it for
+    ``margin`` seconds more (a client reusing a proof it paid for before)."""
+    return all(now - q.timestamp < QUOTE_TTL_SECONDS - margin for q in proof.quotes)
