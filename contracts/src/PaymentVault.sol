@@ -18,9 +18,11 @@ contract PaymentVault {
         bytes32 quoteHash;
     }
 
+    /// One storage slot per paid quote: an amount above 2^96 - 1 (about 7.9e28, far above
+    /// the token's supply) is refused.
     struct CompletedPayment {
         address rewardsAddress;
-        uint256 amount;
+        uint96 amount;
     }
 
     /// @notice The most payments one call may carry.
@@ -29,8 +31,7 @@ contract PaymentVault {
     /// @notice The token payments are made in.
     IERC20 public immutable token;
 
-    /// @notice What each quote hash was paid: zero address and 0 while unpaid.
-    mapping(bytes32 quoteHash => CompletedPayment) public completedPayments;
+    mapping(bytes32 quoteHash => CompletedPayment) private _completedPayments;
 
     event DataPaymentMade(
         address indexed rewardsAddress, uint256 indexed amount, bytes32 indexed quoteHash
@@ -41,10 +42,21 @@ contract PaymentVault {
     error BatchTooLarge(uint256 size, uint256 limit);
     error ZeroRewardsAddress(uint256 index);
     error QuoteAlreadyPaid(bytes32 quoteHash);
+    error AmountTooLarge(uint256 index);
 
     constructor(IERC20 token_) {
         if (address(token_) == address(0)) revert ZeroTokenAddress();
         token = token_;
+    }
+
+    /// @notice What a quote hash was paid: the zero address and 0 while unpaid.
+    function completedPayments(bytes32 quoteHash)
+        external
+        view
+        returns (address rewardsAddress, uint256 amount)
+    {
+        CompletedPayment storage done = _completedPayments[quoteHash];
+        return (done.rewardsAddress, done.amount);
     }
 
     /// @notice Pays each quote: `amount` tokens from the caller to `rewardsAddress`.
@@ -55,10 +67,12 @@ contract PaymentVault {
         for (uint256 i = 0; i < count; ++i) {
             DataPayment calldata payment = payments[i];
             if (payment.rewardsAddress == address(0)) revert ZeroRewardsAddress(i);
-            CompletedPayment storage done = completedPayments[payment.quoteHash];
+            if (payment.amount > type(uint96).max) revert AmountTooLarge(i);
+            CompletedPayment storage done = _completedPayments[payment.quoteHash];
             if (done.rewardsAddress != address(0)) revert QuoteAlreadyPaid(payment.quoteHash);
-            done.rewardsAddress = payment.rewardsAddress;
-            done.amount = payment.amount;
+            _completedPayments[payment.quoteHash] = CompletedPayment(
+                payment.rewardsAddress, uint96(payment.amount)
+            );
             token.safeTransferFrom(msg.sender, payment.rewardsAddress, payment.amount);
             emit DataPaymentMade(payment.rewardsAddress, payment.amount, payment.quoteHash);
         }

@@ -1,0 +1,88 @@
+"""What nodes read from the chain: completed payments, their earnings, token balances.
+
+Light on purpose (standard library only, through `evm.rpc` and `evm.abi`): every node
+process imports this.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from evm.abi import (
+    DATA_PAYMENT_MADE_TOPIC,
+    AbiError,
+    address_topic,
+    decode_completed_payment,
+    decode_data_payment_made,
+    decode_uint,
+    encode_balance_of,
+    encode_completed_payments,
+    normalize_address,
+    to_hex,
+)
+from evm.rpc import ChainBadAnswer, RpcClient
+
+
+class PaymentVaultReader:
+    """Read-only view of one PaymentVault (and its token) through an `RpcClient`.
+
+    `earned` sums the ``DataPaymentMade`` logs to a rewards address; it remembers how far it
+    has read for each address and reads only the newer blocks next time.
+    """
+
+    def __init__(
+        self, rpc: RpcClient, vault_address: str, token_address: str, *, from_block: int = 0
+    ) -> None:
+        self.rpc = rpc
+        self.vault_address = normalize_address(vault_address)
+        self.token_address = normalize_address(token_address)
+        self._from_block = from_block
+        self._earned: dict[str, tuple[int, int]] = {}  # address -> (next block, total)
+        self._lock = threading.Lock()
+
+    def completed_payment(self, quote_hash: bytes) -> tuple[str, int]:
+        """(rewards address, amount) paid for a quote hash; the zero address and 0 if unpaid."""
+        data = self.rpc.call(self.vault_address, encode_completed_payments(quote_hash))
+        try:
+            return decode_completed_payment(data)
+        except AbiError as e:
+            raise ChainBadAnswer(f"bad answer from completedPayments: {e}") from None
+
+    def token_balance(self, address: str) -> int:
+        """The token balance of an address, in the token's smallest unit."""
+        data = self.rpc.call(self.token_address, encode_balance_of(address))
+        try:
+            return decode_uint(data)
+        except AbiError as e:
+            raise ChainBadAnswer(f"bad answer from balanceOf: {e}") from None
+
+    def earned(self, rewards_address: str) -> int:
+        """Everything the vault has paid to ``rewards_address`` (sum of its DataPaymentMade
+        amounts), reading only the blocks not read before."""
+        address = normalize_address(rewards_address)
+        with self._lock:
+            next_block, total = self._earned.get(address, (self._from_block, 0))
+        head = self.rpc.block_number()
+        if head < next_block:
+            return total
+        logs = self.rpc.get_logs(
+            self.vault_address,
+            [to_hex(DATA_PAYMENT_MADE_TOPIC), address_topic(address)],
+            from_block=next_block,
+            to_block=head,
+        )
+        added = 0
+        for log in logs:
+            try:
+                paid_to, amount, _quote_hash = decode_data_payment_made(log.topics)
+            except AbiError as e:
+                raise ChainBadAnswer(f"bad DataPaymentMade log: {e}") from None
+            if paid_to == address:
+                added += amount
+        with self._lock:
+            # Another thread may have read the same range meanwhile: keep the further one.
+            current = self._earned.get(address, (self._from_block, 0))
+            if current[0] <= next_block:
+                self._earned[address] = (head + 1, total + added)
+                return total + added
+            return current[1]
