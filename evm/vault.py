@@ -27,13 +27,24 @@ class PaymentVaultReader:
     """Read-only view of one PaymentVault (and its token) through an `RpcClient`.
 
     `earned` sums the ``DataPaymentMade`` logs to a rewards address; it remembers how far it
-    has read for each address and reads only the newer blocks next time.
+    has read for each address and reads only the newer blocks next time. ``from_block`` is
+    where the vault was deployed (0 on a local chain); ``log_block_range`` splits log
+    queries into spans of that many blocks, for public RPCs that limit ``eth_getLogs``.
     """
 
     def __init__(
-        self, rpc: RpcClient, vault_address: str, token_address: str, *, from_block: int = 0
+        self,
+        rpc: RpcClient,
+        vault_address: str,
+        token_address: str,
+        *,
+        from_block: int = 0,
+        log_block_range: int | None = None,
     ) -> None:
+        if log_block_range is not None and log_block_range < 1:
+            raise ValueError("log_block_range must be at least 1")
         self.rpc = rpc
+        self.log_block_range = log_block_range
         self.vault_address = normalize_address(vault_address)
         self.token_address = normalize_address(token_address)
         self._from_block = from_block
@@ -65,20 +76,20 @@ class PaymentVaultReader:
         head = self.rpc.block_number()
         if head < next_block:
             return total
-        logs = self.rpc.get_logs(
-            self.vault_address,
-            [to_hex(DATA_PAYMENT_MADE_TOPIC), address_topic(address)],
-            from_block=next_block,
-            to_block=head,
-        )
+        topics: list[str | None] = [to_hex(DATA_PAYMENT_MADE_TOPIC), address_topic(address)]
+        span = self.log_block_range or head - next_block + 1
         added = 0
-        for log in logs:
-            try:
-                paid_to, amount, _quote_hash = decode_data_payment_made(log.topics)
-            except AbiError as e:
-                raise ChainBadAnswer(f"bad DataPaymentMade log: {e}") from None
-            if paid_to == address:
-                added += amount
+        for start in range(next_block, head + 1, span):
+            logs = self.rpc.get_logs(
+                self.vault_address, topics, from_block=start, to_block=min(head, start + span - 1)
+            )
+            for log in logs:
+                try:
+                    paid_to, amount, _quote_hash = decode_data_payment_made(log.topics)
+                except AbiError as e:
+                    raise ChainBadAnswer(f"bad DataPaymentMade log: {e}") from None
+                if paid_to == address:
+                    added += amount
         with self._lock:
             # Another thread may have read the same range meanwhile: keep the further one.
             current = self._earned.get(address, (self._from_block, 0))

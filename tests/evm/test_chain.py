@@ -76,6 +76,10 @@ def test_pay_a_batch_then_read_it_back(wallet: Wallet, reader: PaymentVaultReade
     fresh = PaymentVaultReader(reader.rpc, reader.vault_address, reader.token_address)
     assert fresh.earned(nodes[0].upper().replace("0X", "0x")) == 15 * ANT
     assert fresh.earned(new_rewards_address()) == 0
+    chunked = PaymentVaultReader(
+        reader.rpc, reader.vault_address, reader.token_address, log_block_range=2
+    )
+    assert chunked.earned(nodes[0]) == 15 * ANT
 
 
 def test_large_payments_split_into_batches(wallet: Wallet, reader: PaymentVaultReader) -> None:
