@@ -47,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp) / "testnet"
-        nodes = start(directory, args.nodes, timeout=600, extra_args=NODE_ARGS)
+        nodes = start(directory, args.nodes, timeout=600, extra_args=NODE_ARGS, payments=False)
         try:
             time.sleep(3)
             with Client([n.multiaddr for n in nodes[:8]], host="127.0.0.1") as client:

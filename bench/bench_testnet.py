@@ -39,7 +39,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         started = time.monotonic()
-        nodes = start(directory, args.nodes, timeout=600)
+        nodes = start(directory, args.nodes, timeout=600, payments=False)
         print(f"testnet start of {args.nodes} nodes: {time.monotonic() - started:.1f} s")
         try:
             time.sleep(5)  # let the joins' refresh lookups settle

@@ -18,7 +18,7 @@ from cli.control import ControlError, request
 from cli.sizes import format_size, parse_size
 
 if TYPE_CHECKING:
-    from actors.node import Node, NodeConfig
+    from actors.node import Node, NodeConfig, NodePayments
     from cli.metrics import MetricsServer
 
 log = logging.getLogger("autonomi_actors")
@@ -33,6 +33,30 @@ def _size(text: str) -> int:
         return parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _evm_address(text: str) -> bytes:
+    body = text.strip().removeprefix("0x").removeprefix("0X")
+    try:
+        raw = bytes.fromhex(body)
+    except ValueError:
+        raw = b""
+    if len(raw) != 20:
+        raise argparse.ArgumentTypeError(f"not an EVM address (0x + 40 hex): {text!r}")
+    return raw
+
+
+def _add_chain_flags(parser: argparse.ArgumentParser) -> None:
+    """The chain a client pays on or reads from (unless a testnet's evm.json says)."""
+    parser.add_argument(
+        "--evm-network",
+        choices=["arbitrum-one", "arbitrum-sepolia", "custom"],
+        default="arbitrum-one",
+        help="the chain (default arbitrum-one)",
+    )
+    parser.add_argument("--rpc-url", default=None, help="the chain's JSON-RPC URL")
+    parser.add_argument("--token-address", default=None, metavar="0x...")
+    parser.add_argument("--vault-address", default=None, metavar="0x...")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,6 +160,34 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not relay or coordinate hole punches for peers behind NAT",
     )
+    run.add_argument(
+        "--rewards-address",
+        type=_evm_address,
+        default=None,
+        metavar="0x...",
+        help="the EVM account this node's payments go to; without it the node stores for free",
+    )
+    run.add_argument(
+        "--evm-network",
+        choices=["local", "arbitrum-one", "arbitrum-sepolia"],
+        default="arbitrum-one",
+        help="the chain payments are checked on (default arbitrum-one; local: a testnet's)",
+    )
+    run.add_argument(
+        "--rpc-url", default=None, help="the chain's JSON-RPC URL (else the network's)"
+    )
+    run.add_argument(
+        "--token-address",
+        default=None,
+        metavar="0x...",
+        help="the token contract (else the network's)",
+    )
+    run.add_argument(
+        "--vault-address",
+        default=None,
+        metavar="0x...",
+        help="the PaymentVault contract (else the network's)",
+    )
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     run.add_argument(
         "--log-format",
@@ -216,7 +268,33 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--quic", choices=["qh3", "aioquic"], default="qh3")
         sub.add_argument("--json", action="store_true", help="print the result as JSON")
         sub.add_argument("--quiet", action="store_true", help="no progress bar")
+        if verb == "put":
+            sub.add_argument(
+                "--estimate",
+                action="store_true",
+                help="print what storing the file costs; pay and store nothing",
+            )
+            sub.add_argument(
+                "--wallet-key-file",
+                type=Path,
+                default=None,
+                metavar="FILE",
+                help="the paying wallet's private key (hex); also AUTONOMI_ACTORS_WALLET_KEY_FILE"
+                " (default in a testnet: its funded key)",
+            )
+            _add_chain_flags(sub)
         sub.set_defaults(handler=cmd_put if verb == "put" else cmd_get)
+
+    wallet = commands.add_parser("wallet", help="a wallet's token balance")
+    wallet_commands = wallet.add_subparsers(dest="wallet_command", required=True, metavar="ACTION")
+    balance = wallet_commands.add_parser("balance", help="print the token balance of an address")
+    balance.add_argument("address", help="the EVM address (0x + 40 hex)")
+    balance.add_argument(
+        "--testnet", type=Path, metavar="DIR", help="the local chain of this testnet"
+    )
+    _add_chain_flags(balance)
+    balance.add_argument("--json", action="store_true", help="print JSON")
+    balance.set_defaults(handler=cmd_wallet_balance)
 
     demo = commands.add_parser(
         "demo", help="start a local testnet, put a file, get it back, open the TUI"
@@ -242,6 +320,18 @@ def build_parser() -> argparse.ArgumentParser:
     t_start.add_argument(
         "--timeout", type=float, default=300.0, help="seconds to wait for all to join"
     )
+    t_start.add_argument(
+        "--no-payments",
+        dest="payments",
+        action="store_false",
+        help="a free network: no local chain, nodes store unpaid data",
+    )
+    t_start.add_argument(
+        "node_args",
+        nargs="*",
+        metavar="-- NODE_FLAG",
+        help="flags after -- go to every node's run (e.g. -- --repair-interval 30)",
+    )
     t_start.set_defaults(handler=cmd_testnet_start)
     t_status = testnet_commands.add_parser(
         "status", help="print the manifest and which nodes are alive"
@@ -264,6 +354,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from protocol.nat import Reachability
     from protocol.relay import RelayLimits
 
+    _check_run_args(args)
     root_dir = prepare_root_dir(args.root_dir if args.root_dir is not None else default_root_dir())
     if args.root_dir is None:
         identity, _ = load_or_create(root_dir)
@@ -290,6 +381,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         relay_limits=RelayLimits(
             max_reservations=args.relay_max_clients, bytes_per_second=args.relay_rate
         ),
+        payments=_node_payments(args),
     )
     log_file = logs.configure(args.log_level, args.log_format, root_dir, to_stderr=not args.tui)
     node = Node(config)
@@ -305,7 +397,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     metrics = None
     try:
         if args.metrics_port is not None:
-            metrics = MetricsServer(node.status, port=args.metrics_port)
+            try:
+                metrics = MetricsServer(node.status, port=args.metrics_port)
+            except OSError as exc:
+                raise UsageError(
+                    f"cannot serve metrics on 127.0.0.1:{args.metrics_port}: {exc.strerror or exc}"
+                ) from None
             metrics.start()
         _banner(node, config, log_file, metrics)
         if args.tui:
@@ -323,6 +420,54 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_run_args(args: argparse.Namespace) -> None:
+    """Fail with one line, before anything starts, on a flag the node could not use."""
+    import ipaddress
+    import socket
+
+    try:
+        ipaddress.IPv4Address(args.host)
+    except ValueError:
+        raise UsageError(f"--host must be an IPv4 address, got {args.host!r}") from None
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must be 0-65535, got {args.port}")
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        raise UsageError(f"--metrics-port must be 0-65535, got {args.metrics_port}")
+    _check_peer_addrs(args.peer)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((args.host, args.port))
+        except OSError as exc:
+            raise UsageError(
+                f"cannot listen on UDP {args.host}:{args.port}: {exc.strerror or exc}"
+            ) from None
+
+
+def _node_payments(args: argparse.Namespace) -> NodePayments | None:
+    """The chain a paid node checks proofs on; None (a free node) without a rewards address."""
+    from actors.node import NodePayments
+    from evm.networks import EvmSettingsError, resolve_settings
+
+    if args.rewards_address is None:
+        log.warning("no --rewards-address: this node stores for free and earns nothing")
+        return None
+    try:
+        settings = resolve_settings(
+            args.evm_network,
+            rpc_url=args.rpc_url,
+            token_address=args.token_address,
+            vault_address=args.vault_address,
+        )
+    except EvmSettingsError as exc:
+        raise UsageError(str(exc)) from None
+    return NodePayments(
+        rewards_address=args.rewards_address,
+        rpc_url=settings.rpc_url,
+        token_address=settings.token_address,
+        vault_address=settings.vault_address,
+    )
+
+
 def _banner(
     node: Node, config: NodeConfig, log_file: Path | None, metrics: MetricsServer | None
 ) -> None:
@@ -336,6 +481,12 @@ def _banner(
         format_size(config.cache_size),
         log_file,
     )
+    if config.payments is not None:
+        log.info(
+            "paid storage: rewards to 0x%s, proofs checked on %s",
+            config.payments.rewards_address.hex(),
+            config.payments.rpc_url,
+        )
     if metrics is not None:
         log.info("metrics on http://127.0.0.1:%d/metrics", metrics.port)
 
@@ -385,17 +536,30 @@ def cmd_connect(args: argparse.Namespace) -> int:
 
 
 def cmd_top(args: argparse.Namespace) -> int:
-    from cli.top import MIN_INTERVAL, run_top
+    from cli.top import MIN_INTERVAL, STATUS_TIMEOUT, run_top
 
     if args.interval < MIN_INTERVAL:
         raise UsageError(f"--interval must be at least {MIN_INTERVAL} seconds")
+    from rich.console import Console
+
+    if not Console().is_terminal:
+        # One screen, no waiting: with no node that is a one-line ControlError. (On a
+        # terminal, top shows "not answering" and waits for the node to come up.)
+        request(args.root_dir, "status", timeout=STATUS_TIMEOUT)
     return run_top(args.root_dir, args.interval)
 
 
 def _testnet_dir(args: argparse.Namespace) -> Path:
     from cli.testnet import default_testnet_dir
 
-    return Path(args.dir) if args.dir is not None else default_testnet_dir()
+    directory = Path(args.dir) if args.dir is not None else default_testnet_dir()
+    return _checked_testnet_dir(directory)
+
+
+def _checked_testnet_dir(directory: Path) -> Path:
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(f"testnet dir {directory} is not a directory")
+    return directory
 
 
 def cmd_testnet_start(args: argparse.Namespace) -> int:
@@ -404,8 +568,18 @@ def cmd_testnet_start(args: argparse.Namespace) -> int:
     from cli.testnet import start
 
     directory = _testnet_dir(args)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create testnet dir {directory}: {exc.strerror or exc}") from None
     started = time.monotonic()
-    nodes = start(directory, args.nodes, timeout=args.timeout)
+    nodes = start(
+        directory,
+        args.nodes,
+        timeout=args.timeout,
+        extra_args=tuple(args.node_args),
+        payments=args.payments,
+    )
     elapsed = time.monotonic() - started
     print(f"{len(nodes)} nodes joined in {elapsed:.1f} s; manifest: {directory / 'manifest.json'}")
     print(f"bootstrap: {nodes[0].multiaddr}")
@@ -472,9 +646,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "demo.bin"
         source.write_bytes(os.urandom(5 * 1024 * 1024))
-        with Client([n.multiaddr for n in nodes[:4]], host="127.0.0.1") as client:
-            address = client.put_file(source)
-            print(f"put 5 MiB: data address {address.hex()}")
+        wallet, receipts = _client_wallet(
+            argparse.Namespace(wallet_key_file=None, testnet=directory)
+        )
+        with Client(
+            [n.multiaddr for n in nodes[:4]], host="127.0.0.1", wallet=wallet, receipts_dir=receipts
+        ) as client:
+            report = client.upload_file(source)
+            address = report.address
+            print(
+                f"put 5 MiB: data address {address.hex()}; paid {report.paid} token units"
+                f" for {report.chunks} chunks"
+            )
             back = Path(tmp) / "back.bin"
             client.get_file(address, back)
         same = filecmp.cmp(source, back, shallow=False)
@@ -496,24 +679,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _entry_peers(args: argparse.Namespace) -> list[str]:
     if args.peer:
+        _check_peer_addrs(args.peer)
         return list(args.peer)
     from cli.testnet import read_manifest
 
-    nodes = read_manifest(args.testnet)
+    nodes = read_manifest(_checked_testnet_dir(args.testnet))
     return [n.multiaddr for n in nodes[:8]]
+
+
+def _check_peer_addrs(addrs: Sequence[str]) -> None:
+    from protocol.multiaddr import MultiaddrError, parse_multiaddr
+
+    for addr in addrs:
+        try:
+            parse_multiaddr(addr)
+        except MultiaddrError as exc:
+            raise UsageError(f"bad --peer: {exc}") from None
 
 
 def _progress(quiet: bool) -> Any:
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
+    console = Console(stderr=True)
     return Progress(
         "[progress.description]{task.description}",
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
-        console=Console(stderr=True),
-        disable=quiet,
+        console=console,
+        # Off a terminal a bar cannot be erased: it would leave a blank line on stderr.
+        disable=quiet or not console.is_terminal,
         transient=True,
     )
 
@@ -524,42 +720,183 @@ def cmd_put(args: argparse.Namespace) -> int:
     from actors.client import Client
 
     path: Path = args.file
-    if not path.is_file():
-        raise UsageError(f"{path} is not a readable file")
+    _check_input_file(path)
     size = path.stat().st_size
+    peers = _entry_peers(args)
+    wallet, receipts = _client_wallet(args)
     started = time.monotonic()
     with (
-        Client(_entry_peers(args), quic=args.quic) as client,
-        _progress(args.quiet) as bar,
+        Client(peers, quic=args.quic, wallet=wallet, receipts_dir=receipts) as client,
+        _progress(args.quiet or args.estimate) as bar,
     ):
         task = bar.add_task(f"put {path.name}", total=max(size, 1))
-        address = client.put_file(path, progress=lambda n: bar.advance(task, n))
+        report = client.upload_file(
+            path, progress=lambda n: bar.advance(task, n), estimate=args.estimate
+        )
     elapsed = time.monotonic() - started
     if args.json:
-        print(json.dumps({"address": address.hex(), "size": size, "seconds": round(elapsed, 3)}))
+        print(json.dumps({**report.as_dict(), "size": size, "seconds": round(elapsed, 3)}))
+    elif args.estimate:
+        print(
+            f"storing {path.name} ({format_size(size)}, {report.chunks} chunks, "
+            f"{report.already_stored} already stored) costs {report.paid} token units"
+        )
     else:
-        print(f"stored {format_size(size)} in {elapsed:.2f} s; data address:", file=sys.stderr)
-        print(address.hex())
+        print(
+            f"stored {format_size(size)} in {elapsed:.2f} s: {report.chunks} chunks, "
+            f"{report.already_stored} already stored, paid {report.paid} token units; "
+            "data address:",
+            file=sys.stderr,
+        )
+        print(report.address.hex())
     return 0
+
+
+def _client_wallet(args: argparse.Namespace) -> tuple[Any, Path | None]:
+    """The wallet a put pays with, and where its receipts are kept: a testnet's funded
+    key (unless a key file is given) on a paid testnet; else the key file, if any."""
+    import os
+
+    import platformdirs
+
+    from evm.wallet import WalletKeyError, load_private_key, parse_private_key
+
+    key_file = args.wallet_key_file or os.environ.get("AUTONOMI_ACTORS_WALLET_KEY_FILE")
+    chain: dict[str, Any] | None = None
+    receipts = Path(platformdirs.user_data_dir("autonomi-actors")) / "client-receipts"
+    if args.testnet is not None:
+        receipts = args.testnet / "client-receipts"
+        chain = _testnet_chain(args.testnet)
+    try:
+        if key_file:
+            key = load_private_key(key_file)
+        elif chain is not None:
+            key = parse_private_key(str(chain["client_private_key"]), source="evm.json")
+        else:
+            return None, None  # a free network: nothing to pay with
+    except WalletKeyError as exc:
+        raise UsageError(str(exc)) from None
+    from evm.rpc import RpcClient
+    from evm.wallet import Wallet
+
+    settings = _chain_settings(args, chain)
+    rpc = RpcClient(settings.rpc_url)
+    return Wallet(rpc, key, settings.token_address, settings.vault_address), receipts
+
+
+def _testnet_chain(directory: Path) -> dict[str, Any] | None:
+    """The local chain of a paid testnet (its evm.json), None on a free one."""
+    from cli.testnet import EVM_JSON
+    from evm.local_chain import read_evm_json
+
+    return read_evm_json(directory) if (directory / EVM_JSON).exists() else None
+
+
+def _chain_settings(args: argparse.Namespace, chain: dict[str, Any] | None) -> Any:
+    """The chain to pay on or read from: a testnet's evm.json, else the flags."""
+    from evm.networks import EvmSettingsError, resolve_settings
+
+    try:
+        if chain is not None:
+            return resolve_settings(
+                "local",
+                rpc_url=str(chain["rpc_url"]),
+                token_address=str(chain["token_address"]),
+                vault_address=str(chain["vault_address"]),
+            )
+        return resolve_settings(
+            args.evm_network,
+            rpc_url=args.rpc_url,
+            token_address=args.token_address,
+            vault_address=args.vault_address,
+        )
+    except (EvmSettingsError, KeyError) as exc:
+        raise UsageError(f"chain settings: {exc}") from None
+
+
+def cmd_wallet_balance(args: argparse.Namespace) -> int:
+    from evm.abi import AbiError, normalize_address
+    from evm.rpc import RpcClient
+    from evm.vault import PaymentVaultReader
+
+    try:
+        address = normalize_address(args.address)
+    except AbiError as exc:
+        raise UsageError(str(exc)) from None
+    chain = None
+    if args.testnet is not None:
+        chain = _testnet_chain(args.testnet)
+        if chain is None:
+            raise UsageError(f"testnet {args.testnet} has no local chain (started --no-payments?)")
+    settings = _chain_settings(args, chain)
+    reader = PaymentVaultReader(
+        RpcClient(settings.rpc_url), settings.vault_address, settings.token_address
+    )
+    balance = reader.token_balance(address)
+    if args.json:
+        print(json.dumps({"address": address, "balance": balance}))
+    else:
+        print(f"{address}: {balance} token units ({balance / 10**18:.6f} ANT)")
+    return 0
+
+
+def _check_input_file(path: Path) -> None:
+    import os
+
+    if not path.exists():
+        raise UsageError(f"{path}: no such file")
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory, not a file (put stores one file)")
+    if not path.is_file():
+        raise UsageError(f"{path} is not a regular file")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"{path} is not readable (permission denied)")
+
+
+def _check_output_file(out: Path) -> None:
+    """Fail before contacting the network if ``out`` cannot be written."""
+    import os
+
+    if out.is_dir():
+        raise UsageError(f"output {out} is a directory: give a file name, e.g. {out / 'file'}")
+    folder = out.absolute().parent
+    if not folder.exists():
+        raise UsageError(f"cannot write {out}: folder {folder} does not exist")
+    if not folder.is_dir():
+        raise UsageError(f"cannot write {out}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write {out}: folder {folder} is not writable")
 
 
 def cmd_get(args: argparse.Namespace) -> int:
     import time
 
     from actors.client import Client
+    from protocol.self_encryption import MissingChunk, SelfEncryptionError
     from protocol.xor import from_hex
 
     try:
         address = from_hex(args.address)
     except ValueError as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(f"bad data address {args.address!r}: {exc}") from None
+    _check_output_file(args.output)
     started = time.monotonic()
     with (
         Client(_entry_peers(args), quic=args.quic) as client,
         _progress(args.quiet) as bar,
     ):
         task = bar.add_task(f"get {address.hex()[:12]}", total=None)
-        size = client.get_file(address, args.output, progress=lambda n: bar.advance(task, n))
+        try:
+            size = client.get_file(address, args.output, progress=lambda n: bar.advance(task, n))
+        except MissingChunk as exc:
+            if exc.address == address:
+                raise UsageError(f"nothing is stored at data address {address.hex()}") from None
+            raise UsageError(
+                f"the file at {address.hex()} is incomplete: chunk {exc.address.hex()}"
+                " is not found on the network"
+            ) from None
+        except SelfEncryptionError as exc:
+            raise UsageError(f"cannot get {address.hex()}: {exc}") from None
     elapsed = time.monotonic() - started
     if args.json:
         print(
@@ -664,12 +1001,15 @@ def _parse_and_run(argv: list[str]) -> int:
 
 
 def _is_user_error(exc: Exception) -> bool:
+    from actors.client import ClientError
     from cli.config import ConfigError
     from cli.testnet import TestnetError
+    from evm.rpc import ChainError
     from persistence.errors import PersistenceError
     from persistence.root_dir import RootDirError
     from protocol.identity import IdentityError
     from protocol.multiaddr import MultiaddrError
+    from protocol.self_encryption import SelfEncryptionError
 
     user_errors = (
         UsageError,
@@ -680,5 +1020,8 @@ def _is_user_error(exc: Exception) -> bool:
         MultiaddrError,
         TestnetError,
         PersistenceError,
+        ChainError,
+        ClientError,
+        SelfEncryptionError,
     )
     return isinstance(exc, user_errors)

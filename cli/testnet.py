@@ -3,6 +3,11 @@
 ``start`` launches node 0 with ``--first`` and the others with ``--peer`` pointing
 at it, all in ``--local`` mode, and returns once every node has joined (its
 routing table is not empty). ``manifest.json`` in the testnet dir records them.
+
+A testnet is paid by default: ``start`` first starts a local chain (anvil) in the
+testnet dir, deploys the token and the vault and funds a client wallet
+(``evm.json``), and gives every node a rewards address of its own. ``stop`` stops
+the chain too. With ``payments=False`` nodes store for free.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import platformdirs
 
 from cli.control import ControlError, control_socket_path, request
 
+EVM_JSON = "evm.json"
+
 MANIFEST_NAME = "manifest.json"
 
 
@@ -37,6 +44,8 @@ class NodeEntry:
     root_dir: str
     pid: int
     control_socket: str
+    rewards_address: str = ""
+    """The node's rewards address ("" on a free testnet)."""
 
 
 def default_testnet_dir() -> Path:
@@ -87,6 +96,28 @@ def _spawn(root_dir: Path, extra: list[str]) -> subprocess.Popen[bytes]:
     )
 
 
+def _payment_args(testnet_dir: Path) -> list[str]:
+    """A node's payment flags on this testnet: a fresh rewards address and the local
+    chain of ``evm.json``; none on a free testnet (no ``evm.json``)."""
+    if not (testnet_dir / EVM_JSON).exists():
+        return []
+    from evm.local_chain import new_rewards_address, read_evm_json
+
+    chain = read_evm_json(testnet_dir)
+    return [
+        "--rewards-address",
+        new_rewards_address(),
+        "--evm-network",
+        "local",
+        "--rpc-url",
+        str(chain["rpc_url"]),
+        "--token-address",
+        str(chain["token_address"]),
+        "--vault-address",
+        str(chain["vault_address"]),
+    ]
+
+
 def _wait_joined(
     proc: subprocess.Popen[bytes], root_dir: Path, need_peers: bool, deadline: float
 ) -> NodeEntry:
@@ -110,15 +141,22 @@ def _wait_joined(
                     root_dir=str(root_dir),
                     pid=proc.pid,
                     control_socket=str(control_socket_path(root_dir)),
+                    rewards_address=status.get("payments", {}).get("rewards_address", ""),
                 )
         time.sleep(0.05)
     raise TestnetError(f"node in {root_dir} did not join in time; see {root_dir / 'node.out'}")
 
 
 def start(
-    testnet_dir: Path, nodes: int, timeout: float = 120.0, extra_args: tuple[str, ...] = ()
+    testnet_dir: Path,
+    nodes: int,
+    timeout: float = 120.0,
+    extra_args: tuple[str, ...] = (),
+    *,
+    payments: bool = True,
 ) -> list[NodeEntry]:
-    """Start ``nodes`` node processes and return their manifest entries."""
+    """Start ``nodes`` node processes (and, with ``payments``, the local chain first)
+    and return their manifest entries."""
     if nodes < 1:
         raise TestnetError("a testnet needs at least one node")
     testnet_dir.mkdir(parents=True, exist_ok=True)
@@ -131,8 +169,18 @@ def start(
             f"a testnet is already running in {testnet_dir} ({len(running)} nodes); stop it first"
         )
     deadline = time.monotonic() + timeout
+    _stop_chain(testnet_dir)  # a chain left by a testnet that was not stopped
+    (testnet_dir / EVM_JSON).unlink(missing_ok=True)
+    if payments:
+        from evm.local_chain import start_local_chain
+
+        start_local_chain(testnet_dir)
     first_root = testnet_dir / "node-00"
-    first = _spawn(first_root, ["--first", *extra_args])
+    try:
+        first = _spawn(first_root, ["--first", *_payment_args(testnet_dir), *extra_args])
+    except BaseException:
+        _stop_chain(testnet_dir)
+        raise
     try:
         entries = [_wait_joined(first, first_root, need_peers=False, deadline=deadline)]
         entries += _start_joiners(
@@ -140,6 +188,7 @@ def start(
         )
     except BaseException:
         first.kill()
+        _stop_chain(testnet_dir)
         raise
     write_manifest(testnet_dir, entries)
     return entries
@@ -169,7 +218,10 @@ def _start_joiners(
     """Start nodes ``node-<first_index>`` on, all joining through ``bootstrap``, and wait
     until each has joined; on any failure every one of them is killed."""
     roots = [testnet_dir / f"node-{first_index + i:02d}" for i in range(count)]
-    procs = [_spawn(root, ["--peer", bootstrap, *extra_args]) for root in roots]
+    procs = [
+        _spawn(root, ["--peer", bootstrap, *_payment_args(testnet_dir), *extra_args])
+        for root in roots
+    ]
     try:
         return [
             _wait_joined(proc, root, need_peers=True, deadline=deadline)
@@ -181,9 +233,21 @@ def _start_joiners(
         raise
 
 
+def _stop_chain(testnet_dir: Path) -> None:
+    if (testnet_dir / EVM_JSON).exists():
+        from evm.local_chain import stop_local_chain
+
+        stop_local_chain(testnet_dir)
+
+
 def stop(testnet_dir: Path, grace: float = 10.0) -> int:
-    """SIGTERM every node, SIGKILL those still running after ``grace`` seconds; returns how many ran."""
-    nodes = read_manifest(testnet_dir)
+    """SIGTERM every node, SIGKILL those still running after ``grace`` seconds, then stop
+    the local chain; returns how many nodes ran."""
+    try:
+        nodes = read_manifest(testnet_dir)
+    except TestnetError:
+        _stop_chain(testnet_dir)
+        raise
     alive = [n.pid for n in nodes if is_alive(n.pid)]
     for pid in alive:
         with contextlib.suppress(ProcessLookupError):
@@ -196,6 +260,7 @@ def stop(testnet_dir: Path, grace: float = 10.0) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             _reaped_or_alive(pid)
+    _stop_chain(testnet_dir)
     return len(alive)
 
 

@@ -37,7 +37,7 @@ class Testnet:
 @pytest.fixture(scope="module")
 def testnet_25(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testnet]:
     directory = tmp_path_factory.mktemp("testnet")
-    nodes = start(directory, 25, timeout=240, extra_args=NODE_ARGS)
+    nodes = start(directory, 25, timeout=240, extra_args=NODE_ARGS, payments=False)
     try:
         yield Testnet(directory, nodes)
     finally:

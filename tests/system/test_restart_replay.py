@@ -40,7 +40,7 @@ def small_testnet(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Path, list[NodeEntry]]]:
     directory = tmp_path_factory.mktemp("replay")
-    nodes = start(directory, 12, timeout=240, extra_args=NODE_ARGS)
+    nodes = start(directory, 12, timeout=240, extra_args=NODE_ARGS, payments=False)
     yield directory, nodes
     stop(directory)
 
