@@ -21,6 +21,17 @@ def test_start_add_status_and_stop(tmp_path: Path) -> None:
         assert len({n.peer_id for n in nodes}) == 3
         assert all(n.multiaddr.endswith(f"/p2p/{n.peer_id}") for n in nodes)
         assert read_manifest(directory) == nodes
+        chain = json.loads((directory / "evm.json").read_text())
+        assert {
+            "rpc_url",
+            "chain_id",
+            "token_address",
+            "vault_address",
+            "client_private_key",
+        } <= set(chain)
+        assert is_alive(chain["anvil_pid"])
+        rewards = {n.rewards_address for n in nodes}
+        assert len(rewards) == 3 and all(r.startswith("0x") and len(r) == 42 for r in rewards)
         with pytest.raises(testnet.TestnetError, match="already running"):
             start(directory, 1)
 
@@ -40,4 +51,30 @@ def test_start_add_status_and_stop(tmp_path: Path) -> None:
     assert stopped == 4
     assert took < 5, "SIGTERM stops every node (and they are reaped) well within the grace"
     assert not any(is_alive(n.pid) for n in read_manifest(directory))
+    assert not is_alive(chain["anvil_pid"]), "testnet stop stops the local chain too"
     assert stop(directory) == 0
+
+
+def test_a_free_testnet_has_no_chain_and_passes_flags_to_every_node(tmp_path: Path) -> None:
+    directory = tmp_path / "free"
+    done = run_cli(
+        "testnet",
+        "start",
+        "--nodes",
+        "2",
+        "--dir",
+        str(directory),
+        "--no-payments",
+        "--",
+        "--repair-interval",
+        "7",
+    )
+    try:
+        assert done.returncode == 0, done.stderr
+        assert not (directory / "evm.json").exists()
+        for node in read_manifest(directory):
+            assert node.rewards_address == ""
+            cmdline = Path(f"/proc/{node.pid}/cmdline").read_bytes().split(b"\0")
+            assert cmdline[-3:-1] == [b"--repair-interval", b"7"]
+    finally:
+        stop(directory)

@@ -459,3 +459,19 @@ def test_chunk_metadata_behaves_like_a_dictionary(
     for kind in ChunkKind:
         held = [size for size, held_kind in model.values() if held_kind is kind]
         assert database.chunk_totals()[kind] == ChunkTotals(len(held), sum(held))
+
+
+def test_a_chunk_keeps_its_proof_of_payment(database: Database) -> None:
+    paid, free = bytes([1] * 32), bytes([2] * 32)
+    assert database.add_chunk(paid, 10, ChunkKind.RESPONSIBLE, now=1.0, proof=b"proof-1")
+    assert database.add_chunk(free, 10, ChunkKind.RESPONSIBLE, now=1.0)
+    assert database.get_proof(paid) == b"proof-1"
+    assert database.get_proof(free) is None
+    assert database.get_proof(bytes(32)) is None
+    # a replica stored again with a proof keeps its times and gains the proof
+    assert not database.add_chunk(free, 10, ChunkKind.RESPONSIBLE, now=5.0, proof=b"proof-2")
+    assert database.get_proof(free) == b"proof-2"
+    record = database.get_chunk(free)
+    assert record is not None and record.stored_at == 1.0
+    assert database.set_proof(paid, b"proof-3") and database.get_proof(paid) == b"proof-3"
+    assert not database.set_proof(bytes(32), b"x")

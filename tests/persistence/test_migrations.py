@@ -154,3 +154,15 @@ def test_a_database_at_head_opens_without_loading_alembic(tmp_path: Path) -> Non
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_the_proof_column_downgrades_and_comes_back_keeping_the_chunks(tmp_path: Path) -> None:
+    with open_database(tmp_path) as db:
+        db.add_chunk(bytes(32), 5, ChunkKind.RESPONSIBLE, now=1.0, proof=b"paid")
+    migrate(tmp_path, "downgrade", "0003_peer_ip")
+    with sqlite3.connect(database_path(tmp_path)) as raw:
+        columns = {row[1] for row in raw.execute("PRAGMA table_info(chunks)")}
+    assert "proof" not in columns
+    with open_database(tmp_path) as db:  # upgraded to head again
+        assert db.list_chunk_addresses() == [bytes(32)]
+        assert db.get_proof(bytes(32)) is None, "a chunk from before the revision has no proof"
