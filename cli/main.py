@@ -933,6 +933,19 @@ def print_status(status: dict[str, Any]) -> None:
         console.print(
             f"[bold]chunks[/]       {status['chunks']} ({format_size(status.get('bytes_stored', 0))})"
         )
+    payments = status.get("payments")
+    if isinstance(payments, dict):
+        from cli.top import format_ant
+
+        if not payments.get("enabled"):
+            console.print("[bold]payments[/]     free (no rewards address)")
+        else:
+            console.print(
+                f"[bold]payments[/]     rewards {payments.get('rewards_address', '?')}, earned "
+                f"{format_ant(int(payments.get('earned', 0)))}, "
+                f"{payments.get('quotes_given', 0)} quotes given, "
+                f"{payments.get('paid_chunks', 0)} paid chunks"
+            )
     nat = status.get("nat")
     if isinstance(nat, dict):
         relay = nat.get("relay")

@@ -132,6 +132,51 @@ def render(status: dict[str, Any]) -> str:
         "Identity handshakes rejected, by reason.",
         [({"reason": r}, n) for r, n in sorted(rejected.items())] or [({"reason": "none"}, 0)],
     )
+    payments = status.get("payments", {})
+    metric(
+        "autonomi_payments_enabled",
+        "gauge",
+        "1 if this node is paid (it has a rewards address), 0 if it stores for free.",
+        [(None, int(bool(payments.get("enabled", False))))],
+    )
+    metric(
+        "autonomi_payments_earned_tokens",
+        "gauge",
+        "Tokens paid to this node's rewards address, in base units (1e18 = 1 ANT).",
+        [(None, payments.get("earned", 0))],
+    )
+    metric(
+        "autonomi_quotes_given_total",
+        "counter",
+        "Signed storage quotes this node gave.",
+        [(None, payments.get("quotes_given", 0))],
+    )
+    metric(
+        "autonomi_paid_chunks_total",
+        "counter",
+        "Chunks stored with a proof of payment.",
+        [(None, payments.get("paid_chunks", 0))],
+    )
+    metric(
+        "autonomi_chain_errors_total",
+        "counter",
+        "Calls to the chain that failed.",
+        [(None, payments.get("chain_errors", 0))],
+    )
+    rejections = payments.get("payment_rejections", {})
+    metric(
+        "autonomi_payment_rejections_total",
+        "counter",
+        "Chunks (from clients or replicas) refused for their payment proof, by verdict.",
+        [({"verdict": v}, n) for v, n in sorted(rejections.items())] or [({"verdict": "none"}, 0)],
+    )
+    verdicts = payments.get("proof_verdicts", {})
+    metric(
+        "autonomi_proof_verdicts_total",
+        "counter",
+        "Payment claims checked on chain, by verdict.",
+        [({"verdict": v}, n) for v, n in sorted(verdicts.items())] or [({"verdict": "none"}, 0)],
+    )
     return "\n".join(out) + "\n"
 
 

@@ -139,9 +139,56 @@ def _header(status: Mapping[str, Any]) -> RenderableType:
         line = _transport_line(transport)
         if line:
             grid.add_row("transport", line)
+    payments = status.get("payments")
+    if isinstance(payments, Mapping):
+        for label, text in _payments_rows(payments):
+            grid.add_row(label, text)
     if "root_dir" in status:
         grid.add_row("root dir", str(status["root_dir"]))
     return Panel(grid, title="autonomi-actors top", title_align="left", box=box.ROUNDED)
+
+
+ANT_UNITS: Final = 10**18
+"""Token base units in one ANT (18 decimals)."""
+MAX_CHAIN_ERROR: Final = 60
+"""Characters of the last chain error shown."""
+
+
+def format_ant(units: int) -> str:
+    """Token base units as ANT, exactly: ``3 * 10**12`` -> ``0.000003 ANT``."""
+    sign = "-" if units < 0 else ""
+    whole, fraction = divmod(abs(int(units)), ANT_UNITS)
+    decimals = f"{fraction:018d}".rstrip("0")
+    return f"{sign}{whole}{'.' + decimals if decimals else ''} ANT"
+
+
+def _payments_rows(payments: Mapping[str, Any]) -> list[tuple[str, Text]]:
+    """What this node earns (its rewards address and figures) or that it stores for free;
+    and the last chain error, if the chain failed it."""
+    if payments.get("enabled") is False:
+        return [("payments", Text("free (no rewards address)", style="dim"))]
+    facts: list[str] = []
+    if payments.get("rewards_address"):
+        facts.append(f"rewards {payments['rewards_address']}")
+    if _is_number(payments.get("earned")):
+        facts.append(f"earned {format_ant(int(payments['earned']))}")
+    for key, label in (("quotes_given", "quotes given"), ("paid_chunks", "paid chunks")):
+        if _is_number(payments.get(key)):
+            facts.append(f"{label} {payments[key]}")
+    rejections = payments.get("payment_rejections")
+    if isinstance(rejections, Mapping):
+        facts.append(f"rejected {sum(n for n in rejections.values() if _is_number(n))}")
+    line = Text("   ".join(facts))
+    errors = payments.get("chain_errors")
+    if _is_number(errors):
+        line.append("   " if facts else "")
+        line.append(f"chain errors {errors}", style="red" if errors else "")
+    rows = [("payments", line)]
+    last = str(payments.get("last_chain_error") or "")
+    if _is_number(errors) and errors and last:
+        cut = last if len(last) <= MAX_CHAIN_ERROR else last[: MAX_CHAIN_ERROR - 1] + "…"
+        rows.append(("chain error", Text(cut, style="red")))
+    return rows
 
 
 _TRANSPORT_FIGURES: Final = (

@@ -33,6 +33,20 @@ STATUS: dict[str, Any] = {
     "puts": 9,
     "gets": 3,
     "handshake": {"rejected": {"bad_signature": 2}},
+    "payments": {
+        "enabled": True,
+        "rewards_address": "0x" + "5a" * 20,
+        "quotes_given": 31,
+        "paid_chunks": 9,
+        "earned": 27 * 10**12,
+        "chain_calls": 10,
+        "chain_errors": 1,
+        "last_chain_error": "timed out",
+        "proof_verdicts": {"paid": 9, "unpaid": 1},
+        "proofs_cached": 9,
+        "proof_cache_hits": 4,
+        "payment_rejections": {"unpaid": 1, "expired": 2},
+    },
     "nat": {
         "reachability": "public",
         "relaying": {
@@ -61,8 +75,33 @@ def test_render_has_every_figure() -> None:
     assert "autonomi_relay_reservations 3" in text
     assert "autonomi_relayed_bytes_total 4096" in text
     assert 'autonomi_relay_dropped_total{why="over_budget"} 5' in text
+    assert "autonomi_payments_enabled 1" in text
+    assert "autonomi_payments_earned_tokens 27000000000000" in text
+    assert "# TYPE autonomi_payments_earned_tokens gauge" in text
+    assert "autonomi_quotes_given_total 31" in text
+    assert "autonomi_paid_chunks_total 9" in text
+    assert "autonomi_chain_errors_total 1" in text
+    assert 'autonomi_payment_rejections_total{verdict="expired"} 2' in text
+    assert 'autonomi_payment_rejections_total{verdict="unpaid"} 1' in text
+    assert 'autonomi_proof_verdicts_total{verdict="paid"} 9' in text
+    assert 'autonomi_proof_verdicts_total{verdict="unpaid"} 1' in text
     for line in text.splitlines():
         assert line.startswith("#") or len(line.split(" ")) == 2
+
+
+def test_render_a_free_node_and_an_empty_status() -> None:
+    free = render({"payments": {"enabled": False, "quotes_given": 0, "paid_chunks": 0}})
+    assert "autonomi_payments_enabled 0" in free
+    assert "autonomi_payments_earned_tokens 0" in free
+    assert "autonomi_quotes_given_total 0" in free and "autonomi_paid_chunks_total 0" in free
+    assert "autonomi_chain_errors_total 0" in free
+    assert 'autonomi_payment_rejections_total{verdict="none"} 0' in free
+    assert 'autonomi_proof_verdicts_total{verdict="none"} 0' in free
+    empty = render({})
+    assert "autonomi_payments_enabled 0" in empty and "autonomi_paid_chunks_total 0" in empty
+    for text in (free, empty):
+        names = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
+        assert len(names) == len(set(names))
 
 
 def test_served_over_http() -> None:

@@ -25,13 +25,14 @@ import pytest
 from rich.console import Console
 
 from cli.control import ControlError
-from cli.main import main
-from cli.top import StatusPoller, format_duration, render, run_top
+from cli.main import main, print_status
+from cli.top import StatusPoller, format_ant, format_duration, render, run_top
 from tests.cli.test_run_and_status import wait_for_status
 
 PEER_ID = "1d4e1d58aed80781d690718de00513c13b1d2ae38861f83d48a2f190dd98cde3"
 OTHER = "aa" * 32
 FAR = "cc" * 32
+REWARDS = "0x" + "5a" * 20
 
 
 def full_status() -> dict[str, Any]:
@@ -78,6 +79,20 @@ def full_status() -> dict[str, Any]:
         "puts": 14,
         "gets": 40,
         "puts_rejected": 1,
+        "payments": {
+            "enabled": True,
+            "rewards_address": REWARDS,
+            "quotes_given": 31,
+            "paid_chunks": 9,
+            "earned": 3 * 10**18 // 2 + 27 * 10**12,
+            "chain_calls": 10,
+            "chain_errors": 0,
+            "last_chain_error": "",
+            "proof_verdicts": {"paid": 9, "unpaid": 1},
+            "proofs_cached": 9,
+            "proof_cache_hits": 4,
+            "payment_rejections": {"unpaid": 1, "expired": 2},
+        },
         "actors": {
             "Transport": {
                 "depth": 0,
@@ -173,8 +188,72 @@ def test_render_full_status_shows_every_section() -> None:
     assert "chunks   12" in text
     assert "512.0 MiB of 1.0 GiB (50.0%)" in text
     assert "3 chunks" in text and "puts 14" in text and "gets 40" in text and "rejected 1" in text
+    # payments
+    assert row_of(text, "payments") == [
+        "payments",
+        "rewards",
+        REWARDS,
+        "earned",
+        "1.500027",
+        "ANT",
+        "quotes",
+        "given",
+        "31",
+        "paid",
+        "chunks",
+        "9",
+        "rejected",
+        "3",
+        "chain",
+        "errors",
+        "0",
+    ]
+    assert "chain error " not in text
     assert "refresh every 0.4 s" in text and "updated 0.3 s ago" in text
     assert "not answering" not in text
+
+
+def test_render_payments_of_a_free_node_and_chain_errors() -> None:
+    status = full_status()
+    status["payments"] = {"enabled": False, "quotes_given": 0, "paid_chunks": 0}
+    text = screen_text(render(status, None))
+    assert row_of(text, "payments") == ["payments", "free", "(no", "rewards", "address)"]
+    assert "earned" not in text
+    status["payments"] = {
+        "enabled": True,
+        "rewards_address": REWARDS,
+        "earned": 0,
+        "chain_errors": 2,
+        "last_chain_error": "connection refused " + "x" * 100,
+    }
+    console = Console(width=160, record=True, file=io.StringIO(), color_system="truecolor")
+    console.print(render(status, None))
+    text = console.export_text(clear=False)
+    assert f"rewards {REWARDS}   earned 0 ANT   chain errors 2" in text
+    error_line = row_of(text, "chain")
+    assert error_line[:4] == ["chain", "error", "connection", "refused"]
+    assert len(" ".join(error_line)) < 80 and error_line[-1].endswith("…")
+    styled = console.export_text(styles=True)
+    assert "\x1b[31mchain errors 2" in styled  # red
+    del status["payments"]
+    assert "payments" not in screen_text(render(status, None))  # an older node: no line
+
+
+def test_format_ant() -> None:
+    assert format_ant(0) == "0 ANT"
+    assert format_ant(10**18) == "1 ANT"
+    assert format_ant(3 * 10**12) == "0.000003 ANT"
+    assert format_ant(12 * 10**18 + 1) == "12.000000000000000001 ANT"
+
+
+def test_print_status_shows_payments(capsys: pytest.CaptureFixture[str]) -> None:
+    status = full_status()
+    print_status(status)
+    out = " ".join(capsys.readouterr().out.split())  # a narrow console wraps the line
+    assert f"payments rewards {REWARDS}, earned 1.500027 ANT, 31 quotes given, 9 paid chunks" in out
+    status["payments"] = {"enabled": False, "quotes_given": 0, "paid_chunks": 0}
+    print_status(status)
+    assert re.search(r"payments +free \(no rewards address\)", capsys.readouterr().out)
 
 
 def test_render_deep_mailbox_is_highlighted() -> None:
