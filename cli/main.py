@@ -664,7 +664,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"got it back from the network: {'identical' if same else 'DIFFERENT'}")
     exe = "autonomi-actors"
     print("try:")
-    print(f"  {exe} put FILE --testnet {directory}")
+    print(f"  {exe} put FILE --testnet {directory} [--estimate]")
+    if wallet is not None:
+        print(f"  {exe} wallet balance {wallet.address} --testnet {directory}")
     print(f"  {exe} get ADDRESS -o OUT --testnet {directory}")
     print(f"  {exe} status --root-dir {nodes[0].root_dir}")
     print(f"  {exe} top --root-dir {nodes[0].root_dir}")
