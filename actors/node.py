@@ -86,6 +86,8 @@ _SERVED_BY: dict[type[Message], str] = {
 """Which actor answers each kind of remote request (Ping is answered by the Transport)."""
 
 QuicStack = Literal["qh3", "aioquic"]
+PUBLIC_LOG_BLOCK_RANGE = 10_000
+"""Blocks per ``eth_getLogs`` query on a public chain (public RPCs limit the range)."""
 DEFAULT_MAX_STORAGE = 10 * 1024**3
 
 
@@ -280,10 +282,14 @@ class Node:
         from evm.rpc import RpcClient
         from evm.vault import PaymentVaultReader
 
+        rpc = RpcClient(payments.rpc_url, timeout=payments.chain_timeout)
+        local = rpc.is_loopback
         chain = PaymentVaultReader(
-            RpcClient(payments.rpc_url, timeout=payments.chain_timeout),
+            rpc,
             payments.vault_address,
             payments.token_address,
+            from_block=0 if local else -1,  # a public chain: what it earns from now on
+            log_block_range=None if local else PUBLIC_LOG_BLOCK_RANGE,
         )
         verifier = self._spawn(PaymentVerifier, chain, payments.rewards_address)
         return KeeperPayments(identity, payments.rewards_address, verifier)

@@ -141,8 +141,10 @@ class RpcClient:
         self.url = url
         self.timeout = timeout
         self._ids = itertools.count(1)
+        self.is_loopback = _is_loopback(url)
+        """A chain on this machine (a testnet's): no proxy, and its whole history is short."""
         handlers: list[urllib.request.BaseHandler] = []
-        if _is_loopback(url):
+        if self.is_loopback:
             handlers.append(urllib.request.ProxyHandler({}))  # never proxy a local chain
         self._opener = urllib.request.build_opener(*handlers)
 

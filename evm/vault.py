@@ -28,7 +28,9 @@ class PaymentVaultReader:
 
     `earned` sums the ``DataPaymentMade`` logs to a rewards address; it remembers how far it
     has read for each address and reads only the newer blocks next time. ``from_block`` is
-    where the vault was deployed (0 on a local chain); ``log_block_range`` splits log
+    where the vault was deployed (0 on a local chain), or -1: from the head block at the
+    first reading on (a node on a public chain counts what it earns while it runs, without
+    reading the chain's whole history); ``log_block_range`` splits log
     queries into spans of that many blocks, for public RPCs that limit ``eth_getLogs``.
     """
 
@@ -71,9 +73,11 @@ class PaymentVaultReader:
         """Everything the vault has paid to ``rewards_address`` (sum of its DataPaymentMade
         amounts), reading only the blocks not read before."""
         address = normalize_address(rewards_address)
-        with self._lock:
-            next_block, total = self._earned.get(address, (self._from_block, 0))
         head = self.rpc.block_number()
+        with self._lock:
+            if self._from_block < 0:  # "from now on": the head at the first reading
+                self._from_block = head
+            next_block, total = self._earned.get(address, (self._from_block, 0))
         if head < next_block:
             return total
         topics: list[str | None] = [to_hex(DATA_PAYMENT_MADE_TOPIC), address_topic(address)]

@@ -80,6 +80,13 @@ def test_pay_a_batch_then_read_it_back(wallet: Wallet, reader: PaymentVaultReade
         reader.rpc, reader.vault_address, reader.token_address, log_block_range=2
     )
     assert chunked.earned(nodes[0]) == 15 * ANT
+    # From the head on (a node on a public chain): only what is paid after its first reading.
+    from_now = PaymentVaultReader(
+        reader.rpc, reader.vault_address, reader.token_address, from_block=-1
+    )
+    assert from_now.earned(nodes[0]) == 0
+    wallet.pay_for_quotes([(nodes[0], 2 * ANT, quote_hash())])
+    assert from_now.earned(nodes[0]) == 2 * ANT
 
 
 def test_large_payments_split_into_batches(wallet: Wallet, reader: PaymentVaultReader) -> None:
