@@ -75,8 +75,8 @@ class PaymentVaultReader:
         address = normalize_address(rewards_address)
         head = self.rpc.block_number()
         with self._lock:
-            if self._from_block < 0:  # "from now on": the head at the first reading
-                self._from_block = head
+            if self._from_block < 0:  # "from now on": past the head at the first reading
+                self._from_block = head + 1
             next_block, total = self._earned.get(address, (self._from_block, 0))
         if head < next_block:
             return total
