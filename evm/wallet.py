@@ -168,8 +168,14 @@ class Wallet:
             gas_used = 0
             approve_hash = None
             if self.allowance() < total:
+                # Allow the vault the whole balance at once: later batches need no approval
+                # (one transaction and its wait less each). The vault only ever moves tokens
+                # of the sender of a payForQuotes, to the rewards addresses it names.
                 receipt = self._transact(
-                    self.token_address, encode_approve(self.vault_address, total), nonce, chain_id
+                    self.token_address,
+                    encode_approve(self.vault_address, max(total, balance)),
+                    nonce,
+                    chain_id,
                 )
                 approve_hash, nonce = receipt.tx_hash, nonce + 1
                 gas_used += receipt.gas_used

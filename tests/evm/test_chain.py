@@ -69,7 +69,8 @@ def test_pay_a_batch_then_read_it_back(wallet: Wallet, reader: PaymentVaultReade
     assert reader.earned(nodes[1]) == (2 + 5) * ANT
     assert reader.token_balance(nodes[2]) == (3 + 6) * ANT
     # Earnings grow incrementally: a second payment to nodes[0] adds to the remembered sum.
-    wallet.pay_for_quotes([(nodes[0], 10 * ANT, quote_hash())])
+    again = wallet.pay_for_quotes([(nodes[0], 10 * ANT, quote_hash())])
+    assert again.approve_tx_hash is None, "the first approval covered the whole balance"
     assert reader.earned(nodes[0]) == 15 * ANT
     assert reader.earned(nodes[0]) == 15 * ANT
     # A fresh reader (from block 0) agrees.
