@@ -95,6 +95,13 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PaidNet]:
     directory = tmp_path_factory.mktemp("paidnet")
     nodes = start(directory, NODES, timeout=180, extra_args=NODE_ARGS, payments=True)
     try:
+        # The closeness checks judge by each node's routing table: let every node know
+        # every other before the tests ask them to judge.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(
+            node_status(n).get("routing_table_size", 0) < NODES - 1 for n in nodes
+        ):
+            time.sleep(0.2)
         chain = read_evm_json(directory)
         rpc = RpcClient(chain["rpc_url"], timeout=10.0)
         wallet = Wallet(
