@@ -65,7 +65,6 @@ from protocol.chunks import (
 )
 from protocol.identity import Identity
 from protocol.payments import (
-    PROOF_ERRORS,
     PaymentClaim,
     ProofCache,
     ProofContext,
@@ -74,6 +73,7 @@ from protocol.payments import (
     make_quote,
     proof_key,
     quote_price,
+    refusal,
 )
 from protocol.wire import (
     Chunk,
@@ -320,11 +320,7 @@ class ChunkKeeper(NodeActor):
     def _refuse_payment(self, verdict: ProofVerdict) -> Error:
         self.rejected += 1
         self.payment_rejections[verdict.value] = self.payment_rejections.get(verdict.value, 0) + 1
-        code = {
-            ProofVerdict.MISSING: ErrorCode.PAYMENT_REQUIRED,
-            ProofVerdict.CHAIN_UNAVAILABLE: ErrorCode.CHAIN_UNAVAILABLE,
-        }.get(verdict, ErrorCode.PAYMENT_INVALID)
-        return Error(code, PROOF_ERRORS[verdict])
+        return refusal(verdict)
 
     def _check(self, address: bytes, content: bytes) -> tuple[PutVerdict, ChunkRecord | None]:
         held = self.database.get_chunk(address)

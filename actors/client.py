@@ -43,6 +43,7 @@ from actors.futures import Outcome, when_done
 from actors.handshake import Handshake
 from actors.nat_traverser import NatConfig, NatTraverser, nat_hooks
 from actors.transport import Transport, TransportHandle
+from evm.rpc import ChainError
 from persistence.chunk_files import ChunkFiles
 from persistence.errors import ChunkFileError
 from protocol.chunks import CLOSE_GROUP_SIZE, chunk_address, is_valid_chunk
@@ -482,8 +483,6 @@ class Client:
             return to_store
         if first_batch:
             self._check_funds(cost, len(placements), expected)
-        from evm.rpc import ChainError
-
         try:
             result = self.wallet.pay_for_quotes(
                 [("0x" + c.rewards_address.hex(), c.amount, c.quote_hash) for c in claims]
@@ -503,8 +502,6 @@ class Client:
         """Before anything is paid: can the wallet pay for the whole file? (The cost of
         the chunks not quoted yet is estimated from this batch's.)"""
         assert self.wallet is not None
-        from evm.rpc import ChainError
-
         estimate = batch_cost * max(expected_chunks, batch_chunks) // max(batch_chunks, 1)
         try:
             balance = self.wallet.token_balance()

@@ -28,7 +28,7 @@ from blake3 import blake3
 
 from protocol.chunks import CLOSE_GROUP_SIZE, RESPONSIBILITY_MARGIN, is_responsible
 from protocol.identity import Identity, peer_id_of, verify
-from protocol.wire import EVM_ADDRESS_BYTES, PaymentProof, Quote
+from protocol.wire import EVM_ADDRESS_BYTES, Error, ErrorCode, PaymentProof, Quote
 
 QUOTE_TTL_SECONDS: Final = 3600
 """A node accepts its own quote in a client's PUT for this long after making it."""
@@ -172,6 +172,16 @@ PROOF_ERRORS: Final[dict[ProofVerdict, str]] = {
     ProofVerdict.CHAIN_UNAVAILABLE: "the chain cannot be asked about the payment now: try later",
 }
 """What a node answers for each failed check (the ``Error`` message)."""
+
+
+def refusal(verdict: ProofVerdict) -> Error:
+    """The answer to a PUT whose proof failed: no proof is ``PAYMENT_REQUIRED``, a chain
+    that cannot be asked ``CHAIN_UNAVAILABLE`` (try later), anything else ``PAYMENT_INVALID``."""
+    code = {
+        ProofVerdict.MISSING: ErrorCode.PAYMENT_REQUIRED,
+        ProofVerdict.CHAIN_UNAVAILABLE: ErrorCode.CHAIN_UNAVAILABLE,
+    }.get(verdict, ErrorCode.PAYMENT_INVALID)
+    return Error(code, PROOF_ERRORS[verdict])
 
 
 @dataclass(frozen=True, slots=True)

@@ -453,3 +453,15 @@ def test_a_proof_is_fresh_with_a_margin_left() -> None:
     assert is_fresh(proof, NOW + QUOTE_TTL_SECONDS - 301)
     assert not is_fresh(proof, NOW + QUOTE_TTL_SECONDS - 300)
     assert not is_fresh(proof, NOW + QUOTE_TTL_SECONDS - 100, margin=200)
+
+
+def test_a_refused_proof_answers_with_the_code_that_says_what_to_do() -> None:
+    from protocol.payments import refusal
+    from protocol.wire import ErrorCode
+
+    assert refusal(ProofVerdict.MISSING).code is ErrorCode.PAYMENT_REQUIRED
+    assert "PaymentRequired" in refusal(ProofVerdict.MISSING).message
+    assert refusal(ProofVerdict.CHAIN_UNAVAILABLE).code is ErrorCode.CHAIN_UNAVAILABLE
+    for verdict in (ProofVerdict.UNPAID, ProofVerdict.BAD_SIGNATURE, ProofVerdict.EXPIRED):
+        assert refusal(verdict).code is ErrorCode.PAYMENT_INVALID
+        assert refusal(verdict).message == PROOF_ERRORS[verdict]
