@@ -5,4 +5,4 @@ there can skip loading alembic at all (it costs about 11 MB of memory per proces
 a test checks it against what alembic computes from ``versions/``.
 """
 
-HEAD_REVISION = "0004_chunk_proof"
+HEAD_REVISION = "0005_peer_trust"

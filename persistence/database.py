@@ -54,7 +54,7 @@ from persistence.errors import (
     DatabaseUnavailableError,
     SchemaError,
 )
-from persistence.models import ChunkKind, ChunkRow, NodeStateRow, PeerRow
+from persistence.models import ChunkKind, ChunkRow, NodeStateRow, PeerRow, PeerTrustRow
 from protocol.xor import check_address
 
 DATABASE_FILENAME: Final = "node.sqlite3"
@@ -102,6 +102,23 @@ class ChunkTotals:
 
     count: int
     total_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class TrustRecord:
+    """How far the node trusts a peer, from the storage audits it sent it."""
+
+    peer_id: bytes
+    score: float
+    """The score as of ``updated_at``."""
+    updated_at: float
+    """Unix time the score was last changed."""
+    passed: int
+    """Audits of the peer that passed."""
+    failed: int
+    """Audits of the peer that failed."""
+    shunned_until: float | None
+    """Unix time until which the peer is shunned; None: not shunned."""
 
 
 # --- engine ----------------------------------------------------------------------
@@ -417,6 +434,29 @@ class Database:
                 _RECORD_PEER_FAILURE, {"match_peer_id": peer_id}
             ).scalar_one_or_none()
 
+    # peer trust
+
+    def load_trust(self) -> list[TrustRecord]:
+        """The trust of every peer recorded, in peer id order."""
+        with self._read() as connection:
+            return [TrustRecord(*row) for row in connection.execute(_LOAD_TRUST)]
+
+    def save_trust(self, records: Iterable[TrustRecord]) -> None:
+        """Insert or replace the trust of each peer given, in one transaction (the last
+        record of a repeated peer id wins); peers not given are left as they are."""
+        by_id = {check_address(record.peer_id): record for record in records}
+        if by_id:
+            with self._write() as connection:
+                connection.execute(_UPSERT_TRUST, [_trust_values(r) for r in by_id.values()])
+
+    def delete_trust(self, peer_ids: Iterable[bytes]) -> None:
+        """Forget the trust of the peers given (unknown ones are ignored), in one
+        transaction."""
+        values = [{"match_peer_id": peer_id} for peer_id in set(peer_ids)]
+        if values:
+            with self._write() as connection:
+                connection.execute(_DELETE_TRUST, values)
+
     # chunks
 
     def add_chunk(
@@ -539,11 +579,23 @@ def _peer_values(peer: StoredPeer) -> dict[str, Any]:
     }
 
 
+def _trust_values(record: TrustRecord) -> dict[str, Any]:
+    return {
+        "peer_id": record.peer_id,
+        "score": record.score,
+        "updated_at": record.updated_at,
+        "passed": record.passed,
+        "failed": record.failed,
+        "shunned_until": record.shunned_until,
+    }
+
+
 # --- statements, built once (Core on the model tables: cheaper per call than ORM) ----
 
 _state = cast(Table, NodeStateRow.__table__)
 _peers = cast(Table, PeerRow.__table__)
 _chunks = cast(Table, ChunkRow.__table__)
+_trust = cast(Table, PeerTrustRow.__table__)
 
 _GET_STATE = select(_state.c.value).where(_state.c.key == bindparam("key"))
 _ALL_STATE = select(_state.c.key, _state.c.value)
@@ -578,6 +630,25 @@ _RECORD_PEER_FAILURE = (
     .values(failures=_peers.c.failures + 1)
     .returning(_peers.c.failures)
 )
+
+_TRUST_COLUMNS = (
+    _trust.c.peer_id,
+    _trust.c.score,
+    _trust.c.updated_at,
+    _trust.c.passed,
+    _trust.c.failed,
+    _trust.c.shunned_until,
+)
+_LOAD_TRUST = select(*_TRUST_COLUMNS).order_by(_trust.c.peer_id)
+_upsert_trust = sqlite_insert(_trust)
+_UPSERT_TRUST = _upsert_trust.on_conflict_do_update(
+    index_elements=[_trust.c.peer_id],
+    set_={
+        name: _upsert_trust.excluded[name]
+        for name in ("score", "updated_at", "passed", "failed", "shunned_until")
+    },
+)
+_DELETE_TRUST = delete(_trust).where(_trust.c.peer_id == bindparam("match_peer_id"))
 
 _CHUNK_COLUMNS = (
     _chunks.c.address,

@@ -98,6 +98,28 @@ class ChunkRow(Base):
     (revision 0004); None on a free network or for a chunk adopted from disk."""
 
 
+class PeerTrustRow(Base):
+    """How far the node trusts a peer, from the storage audits it sent it (revision 0005).
+
+    Kept so that a restart neither forgives a shunned peer nor forgets a reliable one.
+    """
+
+    __tablename__ = "peer_trust"
+    __table_args__ = (CheckConstraint("length(peer_id) = 32", name="peer_id_length"),)
+
+    peer_id: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
+    score: Mapped[float] = mapped_column(Float)
+    """The trust score as of ``updated_at`` (the rules in ``protocol.trust`` decay it)."""
+    updated_at: Mapped[float] = mapped_column(Float)
+    """Unix time the score was last changed."""
+    passed: Mapped[int] = mapped_column(server_default=text("0"))
+    """Audits of this peer that passed."""
+    failed: Mapped[int] = mapped_column(server_default=text("0"))
+    """Audits of this peer that failed."""
+    shunned_until: Mapped[float | None] = mapped_column(Float)
+    """Unix time until which the peer is shunned; None: not shunned."""
+
+
 AUDIT_ORDER = func.coalesce(ChunkRow.last_verified, ChunkRow.stored_at)
 """When a chunk's bytes were last known good: its last audit, else its arrival (the
 hash is checked when a chunk is stored). Audits take the oldest first; the audit
