@@ -948,6 +948,30 @@ def print_status(status: dict[str, Any]) -> None:
                 f"{payments.get('quotes_given', 0)} quotes given, "
                 f"{payments.get('paid_chunks', 0)} paid chunks"
             )
+    audits = status.get("audits")
+    if isinstance(audits, dict):
+        from cli.top import least_trusted
+
+        if audits.get("enabled") is False:
+            console.print("[bold]audits[/]       off")
+        else:
+            shunned = audits.get("shunned") or []
+            console.print(
+                f"[bold]audits[/]       {audits.get('sent', 0)} sent, "
+                f"{audits.get('passed', 0)} passed, {audits.get('failed', 0)} failed, "
+                f"{audits.get('unanswered', 0)} unanswered; {audits.get('answered', 0)} answered; "
+                f"shunned {len(shunned)} peer(s)"
+            )
+            lowest = least_trusted(audits, limit=5)
+            if lowest:
+                console.print(
+                    "[bold]trust[/]        lowest "
+                    + ", ".join(
+                        f"{p.peer_id[:12]} {'-' if p.score is None else f'{p.score:g}'}"
+                        + (" (shunned)" if p.shunned else "")
+                        for p in lowest
+                    )
+                )
     nat = status.get("nat")
     if isinstance(nat, dict):
         relay = nat.get("relay")

@@ -177,7 +177,77 @@ def render(status: dict[str, Any]) -> str:
         "Payment claims checked on chain, by verdict.",
         [({"verdict": v}, n) for v, n in sorted(verdicts.items())] or [({"verdict": "none"}, 0)],
     )
+    audits = status.get("audits")
+    if isinstance(audits, dict):  # absent: an older node, or one that does not audit
+        _audit_metrics(audits, metric)
     return "\n".join(out) + "\n"
+
+
+AUDIT_OUTCOMES = ("passed", "failed", "unanswered")
+"""Outcomes of the storage audits a node sends, as its ``status`` counts them."""
+PEER_LABEL_HEX = 16
+"""Hex characters of a peer id used as the ``peer`` label."""
+
+Metric = Callable[[str, str, str, list[tuple[dict[str, str] | None, float]]], None]
+
+
+def _audit_metrics(audits: dict[str, Any], metric: Metric) -> None:
+    """The storage audits: challenges sent by outcome, answered and refused, addresses
+    peers did not hold, shunned peers and each peer's trust score."""
+    metric(
+        "autonomi_audits_total",
+        "counter",
+        "Storage audits this node sent to peers, by outcome.",
+        [({"outcome": o}, _number(audits.get(o))) for o in AUDIT_OUTCOMES],
+    )
+    metric(
+        "autonomi_audit_challenges_answered_total",
+        "counter",
+        "Storage audits from peers this node answered.",
+        [(None, _number(audits.get("answered")))],
+    )
+    refused = audits.get("refused")
+    refused = refused if isinstance(refused, dict) else {}
+    metric(
+        "autonomi_audit_challenges_refused_total",
+        "counter",
+        "Storage audits from peers this node refused, by reason.",
+        [({"reason": str(r)}, _number(n)) for r, n in sorted(refused.items())]
+        or [({"reason": "none"}, 0)],
+    )
+    metric(
+        "autonomi_audit_missing_total",
+        "counter",
+        "Chunk addresses audited peers said they did not hold (offered to them for repair).",
+        [(None, _number(audits.get("missing")))],
+    )
+    shunned = audits.get("shunned")
+    metric(
+        "autonomi_shunned_peers",
+        "gauge",
+        "Peers this node shuns for failing storage audits.",
+        [(None, len(shunned) if isinstance(shunned, list) else 0)],
+    )
+    trust = audits.get("trust")
+    samples: list[tuple[dict[str, str] | None, float]] = []
+    if isinstance(trust, dict):
+        samples = [
+            ({"peer": str(peer)[:PEER_LABEL_HEX]}, _number(figures.get("score")))
+            for peer, figures in sorted(trust.items())
+            if isinstance(figures, dict)
+        ]
+    if samples:
+        metric(
+            "autonomi_peer_trust_score",
+            "gauge",
+            "How far this node trusts a peer, from the storage audits it sent it.",
+            samples,
+        )
+
+
+def _number(value: Any) -> float:
+    """A JSON number as a sample value; anything else (absent, null, text) counts as 0."""
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else 0
 
 
 class MetricsServer:

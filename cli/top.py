@@ -48,6 +48,8 @@ DEEP_MAILBOX: Final = 10
 VERY_DEEP_MAILBOX: Final = 100
 MAX_CONNECTION_ROWS: Final = 12
 MAX_BUCKET_ROWS: Final = 12
+MAX_TRUST_ROWS: Final = 8
+"""Peers shown in the trust panel: the least trusted first."""
 WIDE: Final = 120
 """Columns from which every column of every section is shown."""
 SHORT_ID: Final = 16
@@ -143,6 +145,9 @@ def _header(status: Mapping[str, Any]) -> RenderableType:
     if isinstance(payments, Mapping):
         for label, text in _payments_rows(payments):
             grid.add_row(label, text)
+    audits = status.get("audits")
+    if isinstance(audits, Mapping):
+        grid.add_row("audits", _audits_line(audits))
     if "root_dir" in status:
         grid.add_row("root dir", str(status["root_dir"]))
     return Panel(grid, title="autonomi-actors top", title_align="left", box=box.ROUNDED)
@@ -189,6 +194,85 @@ def _payments_rows(payments: Mapping[str, Any]) -> list[tuple[str, Text]]:
         cut = last if len(last) <= MAX_CHAIN_ERROR else last[: MAX_CHAIN_ERROR - 1] + "…"
         rows.append(("chain error", Text(cut, style="red")))
     return rows
+
+
+_AUDIT_FIGURES: Final = (
+    ("sent", "sent"),
+    ("passed", "passed"),
+    ("failed", "failed"),
+    ("unanswered", "unanswered"),
+    ("missing", "missing"),
+    ("answered", "answered"),
+)
+"""Figures of the audits row: challenges sent by outcome, addresses peers did not
+hold, challenges from peers answered."""
+_AUDIT_WARNINGS: Final = frozenset({"failed", "unanswered", "missing"})
+"""Figures shown in yellow when not zero."""
+
+
+def _audits_line(audits: Mapping[str, Any]) -> Text:
+    """The storage audits this node sent (by outcome) and answered, the ones it refused,
+    and how many peers it shuns; or that audits are off."""
+    if audits.get("enabled") is False:
+        return Text("off", style="dim")
+    line = Text()
+
+    def fact(text: str, style: str = "") -> None:
+        line.append("   " if line else "")
+        line.append(text, style=style)
+
+    for key, label in _AUDIT_FIGURES:
+        value = audits.get(key)
+        if _is_number(value):
+            fact(f"{label} {value}", "yellow" if key in _AUDIT_WARNINGS and value else "")
+    refused = audits.get("refused")
+    if isinstance(refused, Mapping):
+        fact(f"refused {sum(n for n in refused.values() if _is_number(n))}")
+    shunned = audits.get("shunned")
+    if isinstance(shunned, list):
+        fact(f"shunned {len(shunned)}", "red" if shunned else "")
+    if _is_number(audits.get("interval")):
+        fact(f"every {audits['interval']:g} s", "dim")
+    return line
+
+
+@dataclass(frozen=True, slots=True)
+class PeerTrust:
+    """One peer's trust, as the ``audits`` section of ``status`` reports it."""
+
+    peer_id: str
+    score: float | None
+    """None: the node shuns the peer but sent no score for it."""
+    passed: int | None
+    failed: int | None
+    shunned: bool
+
+
+def least_trusted(audits: Mapping[str, Any], limit: int | None = None) -> list[PeerTrust]:
+    """The peers of the ``audits`` section, the least trusted first (shunned peers
+    without a score first of all); entries of an unexpected shape are skipped."""
+    raw_shunned = audits.get("shunned")
+    shunned = {str(p) for p in raw_shunned} if isinstance(raw_shunned, list) else set()
+    trust = audits.get("trust")
+    peers: list[PeerTrust] = []
+    if isinstance(trust, Mapping):
+        for peer_id, figures in trust.items():
+            if not isinstance(figures, Mapping) or not _is_number(figures.get("score")):
+                continue
+            passed, failed = figures.get("passed"), figures.get("failed")
+            peers.append(
+                PeerTrust(
+                    str(peer_id),
+                    float(figures["score"]),
+                    int(passed) if _is_number(passed) else None,
+                    int(failed) if _is_number(failed) else None,
+                    str(peer_id) in shunned,
+                )
+            )
+    scored = {p.peer_id for p in peers}
+    peers += [PeerTrust(p, None, None, None, True) for p in sorted(shunned - scored)]
+    peers.sort(key=lambda p: (p.score is not None, p.score or 0.0, p.peer_id))
+    return peers if limit is None else peers[:limit]
 
 
 _TRANSPORT_FIGURES: Final = (
@@ -313,6 +397,7 @@ def _bottom_row(status: Mapping[str, Any]) -> RenderableType | None:
             _guarded(_buckets, status) if "buckets" in status else None,
             _guarded(_close_group, status) if "close_group" in status else None,
             _guarded(_storage, status) if _has_storage(status) else None,
+            _guarded(_trust, status) if isinstance(status.get("audits"), Mapping) else None,
         )
         if p is not None
     ]
@@ -420,6 +505,47 @@ def _storage(status: Mapping[str, Any]) -> RenderableType:
     if counters:
         table.add_row("requests", "  ".join(counters))
     return Panel(table, title="storage", title_align="left", box=box.ROUNDED)
+
+
+def _trust(status: Mapping[str, Any], max_rows: int = MAX_TRUST_ROWS) -> RenderableType | None:
+    """The least trusted peers: short id, score, audits passed/failed, shunned or not."""
+    audits = status["audits"]
+    if audits.get("enabled") is False:
+        return None
+    peers = least_trusted(audits)
+    shunned = sum(p.shunned for p in peers)
+    return Panel(
+        _ByWidth(lambda width: _trust_table(peers[:max_rows], len(peers), wide=width >= 45)),
+        title=f"peer trust ({len(peers)} peers, {shunned} shunned)",
+        title_align="left",
+        box=box.ROUNDED,
+    )
+
+
+def _trust_table(peers: list[PeerTrust], total: int, wide: bool) -> Table:
+    """Short id, score, audits passed and failed (``wide`` only), shunned or not."""
+    table = Table(box=None, padding=(0, 1), pad_edge=False, header_style="dim")
+    table.add_column("peer", no_wrap=True)
+    table.add_column("score", justify="right", no_wrap=True)
+    if wide:
+        table.add_column("passed", justify="right", no_wrap=True)
+        table.add_column("failed", justify="right", no_wrap=True)
+    table.add_column("", no_wrap=True)
+    for peer in peers:
+        score = "-" if peer.score is None else f"{peer.score:.2f}"
+        counts = [_int_text(peer.passed), _int_text(peer.failed)] if wide else []
+        table.add_row(
+            peer.peer_id[: SHORT_ID if wide else 12],
+            Text(score, style="red" if peer.score is not None and peer.score < 0 else ""),
+            *counts,
+            Text("shunned", style="bold red") if peer.shunned else "",
+        )
+    filler = [""] * (len(table.columns) - 1)
+    if total > len(peers):
+        table.add_row(Text(f"... and {total - len(peers)} more", style="dim"), *filler)
+    if not peers:
+        table.add_row(Text("(no peer audited yet)", style="dim"), *filler)
+    return table
 
 
 def _footer(

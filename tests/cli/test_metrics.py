@@ -115,3 +115,81 @@ def test_served_over_http() -> None:
             urllib.request.urlopen(f"http://127.0.0.1:{server.port}/other", timeout=5)
     finally:
         server.stop()
+
+
+AUDITS: dict[str, Any] = {
+    "enabled": True,
+    "interval": 900.0,
+    "sent": 12,
+    "passed": 10,
+    "failed": 1,
+    "unanswered": 1,
+    "missing": 3,
+    "possession_checks": 4,
+    "answered": 9,
+    "refused": {"busy": 2, "replayed": 1, "malformed": 0, "not_responsible": 0},
+    "shunned": ["dd" * 32],
+    "trust": {
+        "aa" * 32: {"score": 1.25, "passed": 3, "failed": 0},
+        "dd" * 32: {"score": -2.5, "passed": 3, "failed": 1},
+    },
+}
+
+
+def type_names(text: str) -> list[str]:
+    return [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
+
+
+def test_render_audits() -> None:
+    text = render({**STATUS, "audits": AUDITS})
+    assert "# TYPE autonomi_audits_total counter" in text
+    assert 'autonomi_audits_total{outcome="passed"} 10' in text
+    assert 'autonomi_audits_total{outcome="failed"} 1' in text
+    assert 'autonomi_audits_total{outcome="unanswered"} 1' in text
+    assert "autonomi_audit_challenges_answered_total 9" in text
+    assert "# TYPE autonomi_audit_challenges_refused_total counter" in text
+    assert 'autonomi_audit_challenges_refused_total{reason="busy"} 2' in text
+    assert 'autonomi_audit_challenges_refused_total{reason="replayed"} 1' in text
+    assert 'autonomi_audit_challenges_refused_total{reason="not_responsible"} 0' in text
+    assert "autonomi_audit_missing_total 3" in text
+    assert "# TYPE autonomi_shunned_peers gauge" in text
+    assert "autonomi_shunned_peers 1" in text
+    assert "# TYPE autonomi_peer_trust_score gauge" in text
+    assert f'autonomi_peer_trust_score{{peer="{"aa" * 8}"}} 1.25' in text
+    assert f'autonomi_peer_trust_score{{peer="{"dd" * 8}"}} -2.5' in text
+    names = type_names(text)
+    assert len(names) == len(set(names))
+    for line in text.splitlines():
+        assert line.startswith("#") or len(line.split(" ")) == 2
+
+
+def test_render_without_audits_exports_no_audit_figures() -> None:
+    for status in ({}, STATUS):  # an older node, or one that does not audit
+        text = render(status)
+        assert "audit" not in text and "shunned" not in text and "trust" not in text
+
+
+def test_render_audits_before_any_audit_and_of_odd_shapes() -> None:
+    fresh = render({"audits": {"enabled": True, "shunned": [], "trust": {}, "refused": {}}})
+    for outcome in ("passed", "failed", "unanswered"):
+        assert f'autonomi_audits_total{{outcome="{outcome}"}} 0' in fresh
+    assert "autonomi_audit_challenges_answered_total 0" in fresh
+    assert 'autonomi_audit_challenges_refused_total{reason="none"} 0' in fresh
+    assert "autonomi_shunned_peers 0" in fresh
+    assert "autonomi_peer_trust_score" not in fresh  # no peer audited: no series
+    odd = render(
+        {
+            "audits": {
+                "passed": "ten",
+                "failed": None,
+                "refused": ["busy"],
+                "shunned": "all",
+                "trust": {"ab" * 32: 5, "cd" * 32: {"score": True}},
+            }
+        }
+    )
+    assert 'autonomi_audits_total{outcome="passed"} 0' in odd
+    assert 'autonomi_audit_challenges_refused_total{reason="none"} 0' in odd
+    assert "autonomi_shunned_peers 0" in odd
+    assert f'autonomi_peer_trust_score{{peer="{"cd" * 8}"}} 0' in odd
+    assert "ab" * 8 not in odd

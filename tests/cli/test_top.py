@@ -33,6 +33,29 @@ PEER_ID = "1d4e1d58aed80781d690718de00513c13b1d2ae38861f83d48a2f190dd98cde3"
 OTHER = "aa" * 32
 FAR = "cc" * 32
 REWARDS = "0x" + "5a" * 20
+SHUNNED = "dd" * 32
+
+
+def audits_section() -> dict[str, Any]:
+    """The ``audits`` section of ``status``, as the Auditor reports it."""
+    return {
+        "enabled": True,
+        "interval": 900.0,
+        "sent": 12,
+        "passed": 10,
+        "failed": 1,
+        "unanswered": 1,
+        "missing": 3,
+        "possession_checks": 4,
+        "answered": 9,
+        "refused": {"busy": 2, "replayed": 1, "malformed": 0, "not_responsible": 0},
+        "shunned": [SHUNNED],
+        "trust": {
+            OTHER: {"score": 1.25, "passed": 3, "failed": 0},
+            SHUNNED: {"score": -2.5, "passed": 3, "failed": 1},
+            FAR: {"score": 0.0, "passed": 1, "failed": 0},
+        },
+    }
 
 
 def full_status() -> dict[str, Any]:
@@ -93,6 +116,7 @@ def full_status() -> dict[str, Any]:
             "proof_cache_hits": 4,
             "payment_rejections": {"unpaid": 1, "expired": 2},
         },
+        "audits": audits_section(),
         "actors": {
             "Transport": {
                 "depth": 0,
@@ -127,6 +151,22 @@ def row_of(text: str, first_word: str) -> list[str]:
         if words and words[0] == first_word:
             return words
     raise AssertionError(f"no line starts with {first_word!r} in:\n{text}")
+
+
+def panel_rows(text: str, title: str) -> list[list[str]]:
+    """The words of each line inside the panel titled ``title`` (the first panel
+    whose title starts so; panels beside it are left out)."""
+    lines = text.splitlines()
+    top = next(i for i, line in enumerate(lines) if f"╭─ {title}" in line)
+    left = lines[top].index(f"╭─ {title}")
+    right = lines[top].index("╮", left)
+    rows: list[list[str]] = []
+    for line in lines[top + 1 :]:
+        inside = line[left : right + 1]
+        if inside.startswith("╰"):
+            return rows
+        rows.append(inside.strip("│").split())
+    raise AssertionError(f"the panel {title!r} is not closed in:\n{text}")
 
 
 # -- render ----------------------------------------------------------------------------
@@ -239,6 +279,68 @@ def test_render_payments_of_a_free_node_and_chain_errors() -> None:
     assert "payments" not in screen_text(render(status, None))  # an older node: no line
 
 
+def test_render_audits_row_and_the_least_trusted_peers() -> None:
+    console = Console(width=160, record=True, file=io.StringIO(), color_system="truecolor")
+    console.print(render(full_status(), None))
+    text = console.export_text(clear=False)
+    assert " ".join(row_of(text, "audits")) == (
+        "audits sent 12 passed 10 failed 1 unanswered 1 missing 3 answered 9 refused 3 "
+        "shunned 1 every 900 s"
+    )
+    assert "peer trust (3 peers, 1 shunned)" in text
+    # least trusted first: short id, score, audits passed and failed, shunned or not
+    assert panel_rows(text, "peer trust") == [
+        ["peer", "score", "passed", "failed"],
+        [SHUNNED[:16], "-2.50", "3", "1", "shunned"],
+        [FAR[:16], "0.00", "1", "0"],
+        [OTHER[:16], "1.25", "3", "0"],
+    ]
+    styled = console.export_text(styles=True)
+    assert "\x1b[1;31mshunned" in styled  # bold red
+    assert "\x1b[31mshunned 1" in styled  # the audits row: red when a peer is shunned
+
+
+def test_render_audits_off_absent_or_odd() -> None:
+    status = full_status()
+    status["audits"] = {"enabled": False}
+    text = screen_text(render(status, None))
+    assert row_of(text, "audits") == ["audits", "off"]
+    assert "peer trust" not in text
+    del status["audits"]
+    text = screen_text(render(status, None))  # an older node: no row, no panel
+    assert "audits" not in text and "peer trust" not in text
+    status["audits"] = {"sent": 2, "trust": {}, "shunned": []}
+    text = screen_text(render(status, None))
+    assert row_of(text, "audits") == ["audits", "sent", "2", "shunned", "0"]
+    assert "peer trust (0 peers, 0 shunned)" in text and "(no peer audited yet)" in text
+    status["audits"] = {
+        "refused": "many",
+        "shunned": [SHUNNED],  # shunned, but no score sent: listed first, score "-"
+        "trust": {OTHER: {"score": "high"}, FAR: 5, "ee" * 32: {"score": 0.5}},
+    }
+    text = screen_text(render(status, None))
+    assert "cannot show" not in text
+    assert "peer trust (2 peers, 1 shunned)" in text
+    assert text.index(SHUNNED[:16]) < text.index("ee" * 8)
+    assert row_of(text, "audits") == ["audits", "shunned", "1"]
+
+
+def test_render_many_trusted_peers_shows_the_least_trusted_few() -> None:
+    status = full_status()
+    status["audits"]["trust"] = {
+        f"{n:02x}" * 32: {"score": float(n), "passed": n, "failed": 0} for n in range(0x10, 0x24)
+    }
+    status["audits"]["shunned"] = []
+    text = screen_text(render(status, None))
+    assert "peer trust (20 peers, 0 shunned)" in text
+    rows = panel_rows(text, "peer trust")
+    assert [row[0] for row in rows[1:9]] == [f"{n:02x}" * 8 for n in range(0x10, 0x18)]
+    assert rows[9:] == [["...", "and", "12", "more"]]
+    narrow = screen_text(render(status, None), width=80)
+    assert max(len(line) for line in narrow.splitlines()) <= 80
+    assert [row[0] for row in panel_rows(narrow, "peer trust")[1:3]] == ["10" * 6, "11" * 6]
+
+
 def test_format_ant() -> None:
     assert format_ant(0) == "0 ANT"
     assert format_ant(10**18) == "1 ANT"
@@ -254,6 +356,32 @@ def test_print_status_shows_payments(capsys: pytest.CaptureFixture[str]) -> None
     status["payments"] = {"enabled": False, "quotes_given": 0, "paid_chunks": 0}
     print_status(status)
     assert re.search(r"payments +free \(no rewards address\)", capsys.readouterr().out)
+
+
+def test_print_status_shows_audits_and_the_least_trusted_peers(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status = full_status()
+    print_status(status)
+    out = " ".join(capsys.readouterr().out.split())  # a narrow console wraps the line
+    assert "audits 12 sent, 10 passed, 1 failed, 1 unanswered; 9 answered; shunned 1 peer(s)" in out
+    assert (
+        f"trust lowest {SHUNNED[:12]} -2.5 (shunned), {FAR[:12]} 0, {OTHER[:12]} 1.25 reachability"
+        in out
+    )
+    status["audits"] = {"enabled": False}
+    print_status(status)
+    out = capsys.readouterr().out
+    assert re.search(r"audits +off", out) and "trust" not in out
+    status["audits"] = {"enabled": True, "trust": {}, "shunned": []}  # nothing audited yet
+    print_status(status)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "audits 0 sent, 0 passed, 0 failed, 0 unanswered; 0 answered; shunned 0 peer(s)" in out
+    assert "trust lowest" not in out
+    del status["audits"]  # an older node
+    print_status(status)
+    out = capsys.readouterr().out
+    assert "audits" not in out and "trust" not in out
 
 
 def test_render_deep_mailbox_is_highlighted() -> None:
