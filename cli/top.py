@@ -196,14 +196,7 @@ def _payments_rows(payments: Mapping[str, Any]) -> list[tuple[str, Text]]:
     return rows
 
 
-_AUDIT_FIGURES: Final = (
-    ("sent", "sent"),
-    ("passed", "passed"),
-    ("failed", "failed"),
-    ("unanswered", "unanswered"),
-    ("missing", "missing"),
-    ("answered", "answered"),
-)
+_AUDIT_FIGURES: Final = ("sent", "passed", "failed", "unanswered", "missing", "answered")
 """Figures of the audits row: challenges sent by outcome, addresses peers did not
 hold, challenges from peers answered."""
 _AUDIT_WARNINGS: Final = frozenset({"failed", "unanswered", "missing"})
@@ -221,10 +214,10 @@ def _audits_line(audits: Mapping[str, Any]) -> Text:
         line.append("   " if line else "")
         line.append(text, style=style)
 
-    for key, label in _AUDIT_FIGURES:
+    for key in _AUDIT_FIGURES:
         value = audits.get(key)
         if _is_number(value):
-            fact(f"{label} {value}", "yellow" if key in _AUDIT_WARNINGS and value else "")
+            fact(f"{key} {value}", "yellow" if key in _AUDIT_WARNINGS and value else "")
     refused = audits.get("refused")
     if isinstance(refused, Mapping):
         fact(f"refused {sum(n for n in refused.values() if _is_number(n))}")
