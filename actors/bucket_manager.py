@@ -33,6 +33,7 @@ from actors.messages import (
     PeerConnected,
     RoutingChanged,
     RoutingSnapshot,
+    ShunPeer,
     StatusQuery,
     Tick,
 )
@@ -50,8 +51,8 @@ from protocol.routing import (
     StoredPeer,
     Updated,
 )
-from protocol.wire import FindNode, Message, Nodes, PeerRecord, Ping, Pong
-from protocol.xor import BUCKET_COUNT, bucket_index, random_address_in_bucket
+from protocol.wire import MAX_SHUNNED_PER_REPLY, FindNode, Message, Nodes, PeerRecord, Ping, Pong
+from protocol.xor import BUCKET_COUNT, bucket_index, closest, random_address_in_bucket
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,13 @@ class BucketManager(NodeActor):
                     self._handle_observe(self.table.observe(peer_id, addrs, host, now), now)
             case InboundRequest(peer_id=peer_id, message=FindNode(target=target), reply=reply):
                 entries = self.table.closest(target, K, exclude=(peer_id,))
-                reply(Nodes([PeerRecord(e.peer_id, list(e.addrs)) for e in entries]))
+                shunned = closest(target, self.table.shunned(now), MAX_SHUNNED_PER_REPLY)
+                reply(Nodes([PeerRecord(e.peer_id, list(e.addrs)) for e in entries], shunned))
+            case ShunPeer(peer_id=peer_id, until=until):
+                evicted = self.table.shun(peer_id, until)
+                if evicted is not None:
+                    log.warning("peer %s shunned: out of the routing table", peer_id.hex()[:16])
+                    self._handle_outcome(evicted)
             case FindClosest(target=target, on_done=on_done, count=count):
                 self.start_lookup(target, on_done, count)
             case _QueryDone(lookup_id=job_id, peer_id=peer_id, outcome=outcome):
@@ -217,6 +224,7 @@ class BucketManager(NodeActor):
                     "lookups_running": len(self.jobs),
                     "lookups_done": self.lookups_done,
                     "routing_table_restored": self.restored,
+                    "shunned_in_routing": len(self.table.shunned(now)),
                 }
             case _:
                 return super().on_receive(message)
@@ -234,7 +242,8 @@ class BucketManager(NodeActor):
         now = time.time()
         seeds = self.table.closest(target, K)
         job_id = next(self._job_ids)
-        job = _Job(Lookup(self.own_id, target, seeds, now=now), count=count, purpose=purpose)
+        lookup = Lookup(self.own_id, target, seeds, skip=self.table.shunned(now), now=now)
+        job = _Job(lookup, count=count, purpose=purpose)
         if on_done is not None:
             job.callbacks.append(on_done)
         self.jobs[job_id] = job
@@ -286,7 +295,7 @@ class BucketManager(NodeActor):
         if outcome.error is None and isinstance(value, Nodes):
             self._handle_observe(self.table.observe(peer_id, (), None, now), now)
             if job is not None:
-                job.lookup.on_reply(peer_id, value.peers, now)
+                job.lookup.on_reply(peer_id, value.peers, now, value.shunned)
         else:
             log.debug("FIND_NODE to %s failed: %r", peer_id.hex()[:16], outcome.error or value)
             self._suspect(peer_id)

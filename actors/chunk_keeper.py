@@ -38,8 +38,10 @@ from actors.messages import (
     ChunkLost,
     ChunkStored,
     ClaimChunk,
+    ClaimChunks,
     DemoteChunks,
     Event,
+    ExpectProofs,
     HeldChunks,
     HoldsChunk,
     InboundRequest,
@@ -53,6 +55,7 @@ from persistence.chunk_files import ChunkFiles
 from persistence.database import ChunkRecord, Database
 from persistence.errors import ChunkFileError, StorageFull
 from persistence.models import ChunkKind
+from protocol.audit import REFUSAL_ERRORS, ChallengeGate, answer, storage_proof
 from protocol.chunk_cache import DEFAULT_CACHE_BYTES, ChunkCache
 from protocol.chunks import (
     CLOSE_GROUP_SIZE,
@@ -87,14 +90,16 @@ from protocol.wire import (
     PutAck,
     PutChunk,
     QuoteReply,
+    StorageAnswers,
+    StorageChallenge,
 )
 
 log = logging.getLogger(__name__)
 
-AUDIT_INTERVAL_SECONDS = 6 * 3600.0
-"""A stored chunk is re-checked when it was last verified longer ago than this."""
-AUDIT_BATCH = 4
-"""Chunks re-checked per tick: slow on purpose, the audit must not compete with traffic."""
+SCRUB_INTERVAL_SECONDS = 6 * 3600.0
+"""A stored chunk's bytes are re-checked when last verified longer ago than this."""
+SCRUB_BATCH = 4
+"""Chunks re-checked per tick: slow on purpose, the scrub must not compete with traffic."""
 
 _QUOTE_PLACES = CLOSE_GROUP_SIZE + RESPONSIBILITY_MARGIN
 """A node quotes for the addresses it would accept a PUT of."""
@@ -163,6 +168,7 @@ class ChunkKeeper(NodeActor):
     ) -> None:
         super().__init__()
         self.payments = payments
+        self.gate = ChallengeGate()
         self.proofs = ProofCache()
         self.quotes_given = 0
         self.paid_chunks = 0
@@ -215,6 +221,12 @@ class ChunkKeeper(NodeActor):
                 reply(self.get(address, with_proof=proof))
             case InboundRequest(message=GetQuote(address=address, size=size), reply=reply):
                 reply(self.quote(address, size))
+            case InboundRequest(
+                peer_id=peer_id, message=StorageChallenge() as challenge, reply=reply
+            ):
+                reply(self.answer_challenge(peer_id, challenge))
+            case ExpectProofs(nonce=nonce, peer=peer, addresses=addresses, reply=reply):
+                reply(self.expected_proofs(nonce, peer, addresses))
             case StoreChunk(address=address, content=content, proof=proof, reply=reply):
                 self.put(_Put(address, content, proof, reply, replica=True))
             case _PaymentJudged(put=put, key=key, claim=claim, verdict=verdict):
@@ -226,14 +238,19 @@ class ChunkKeeper(NodeActor):
                 return self.database.get_chunk(address) is not None
             case ClaimChunk(address=address):
                 return self.claim(address)
+            case ClaimChunks(addresses=addresses, reply=reply):
+                reply([a for a in addresses if not self.claim(a)])
             case DemoteChunks(addresses=addresses):
                 return self.demote(addresses)
-            case HeldChunks():
-                return self.database.list_chunk_addresses(ChunkKind.RESPONSIBLE)
+            case HeldChunks(reply=reply):
+                held = self.database.list_chunk_addresses(ChunkKind.RESPONSIBLE)
+                if reply is None:
+                    return held
+                reply(held)
             case Tick(now=now):
                 while self._lost_at_start:  # the Replicator is running by the first tick
                     self.on_lost(ChunkLost(self._lost_at_start.pop()))
-                self.audit(now)
+                self.scrub(now)
             case StatusQuery():
                 return {
                     "chunks": self.chunk_count,
@@ -250,6 +267,10 @@ class ChunkKeeper(NodeActor):
                     "gets": self.gets,
                     "puts_rejected": self.rejected,
                     "reconciled_at_start": dict(self.reconciled),
+                    "audits": {
+                        "answered": self.gate.answered,
+                        "refused": dict(self.gate.refused),
+                    },
                     "payments": {
                         "enabled": self.payments is not None,
                         "quotes_given": self.quotes_given,
@@ -401,6 +422,41 @@ class ChunkKeeper(NodeActor):
             return None
         return proof
 
+    def answer_challenge(self, peer_id: bytes, challenge: StorageChallenge) -> Message:
+        """Prove to ``peer_id`` that this node holds the challenged chunks (within the
+        gate's budget): a proof per chunk held intact, else missing or declined."""
+        addresses = challenge.addresses
+        records = {a: self.database.get_chunk(a) for a in set(addresses)}
+        sizes = {a: r.size for a, r in records.items() if r is not None}
+        known = tuple(self.known_peers)
+        responsible = {a for a in addresses if is_responsible(self.own_id, a, known, _QUOTE_PLACES)}
+        refusal = self.gate.admit(
+            peer_id, challenge.nonce, addresses, sizes, responsible, time.time()
+        )
+        if refusal is not None:
+            log.info("storage challenge from %s refused: %s", peer_id.hex()[:16], refusal.value)
+            return Error(*REFUSAL_ERRORS[refusal])
+
+        def content_of(address: bytes) -> bytes | None:
+            record = records.get(address)
+            return None if record is None else self._checked_content(record)
+
+        return StorageAnswers(
+            answer(challenge.nonce, self.own_id, addresses, content_of, responsible)
+        )
+
+    def expected_proofs(
+        self, nonce: bytes, peer: bytes, addresses: tuple[bytes, ...]
+    ) -> dict[bytes, bytes]:
+        """What ``peer`` should answer for the chunks this node holds intact."""
+        expected: dict[bytes, bytes] = {}
+        for address in addresses:
+            record = self.database.get_chunk(address)
+            content = None if record is None else self._checked_content(record)
+            if content is not None:
+                expected[address] = storage_proof(nonce, peer, address, content)
+        return expected
+
     def claim(self, address: bytes) -> bool:
         """This node is responsible for ``address``: promote a cached copy; whether it is held."""
         record = self.database.get_chunk(address)
@@ -505,8 +561,9 @@ class ChunkKeeper(NodeActor):
         if any(self.reconciled.values()):
             log.warning("chunk files and metadata reconciled: %s", self.reconciled)
 
-    def audit(self, now: float) -> None:
-        """Re-check a few chunks not verified for a while."""
-        for record in self.database.chunks_due_for_audit(now - AUDIT_INTERVAL_SECONDS, AUDIT_BATCH):
+    def scrub(self, now: float) -> None:
+        """Re-check the bytes of a few chunks not verified for a while (this node's own
+        integrity check; peers' storage audits are the Auditor's)."""
+        for record in self.database.chunks_due_for_audit(now - SCRUB_INTERVAL_SECONDS, SCRUB_BATCH):
             if self._checked_content(record) is not None:
                 self.database.mark_verified(record.address, now)

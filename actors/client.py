@@ -257,13 +257,16 @@ class Client:
                 continue
             now = time.monotonic()
             if outcome.error is None and isinstance(outcome.value, Nodes):
-                lookup.on_reply(peer_id, outcome.value.peers, now)
+                lookup.on_reply(peer_id, outcome.value.peers, now, outcome.value.shunned)
                 for record in outcome.value.peers:
                     self._learn(record.peer_id, [str(a) for a in record.addrs][:4])
             else:
                 lookup.on_failure(peer_id, now)
                 with self._known_lock:
                     self._known.pop(peer_id, None)
+        with self._known_lock:
+            for shunned in lookup.skipped:  # nodes report it fails their storage audits
+                self._known.pop(shunned, None)
         return lookup.result()[:count]
 
     # -- chunks ----------------------------------------------------------------------

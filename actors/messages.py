@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from protocol.trust import TrustEvent
 from protocol.wire import Message, PaymentProof
 
 Direction = Literal["inbound", "outbound"]
@@ -167,7 +168,10 @@ class HoldsChunk:
 
 @dataclass(frozen=True, slots=True)
 class HeldChunks:
-    """Ask ChunkKeeper: the addresses of every chunk held as responsible."""
+    """To ChunkKeeper: the addresses of every chunk held as responsible, given to ``reply``
+    (an actor's way), or returned when there is no ``reply`` (an ``ask`` of a test)."""
+
+    reply: Callable[[list[bytes]], None] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +181,15 @@ class ClaimChunk:
     storage limit), so it need not be fetched. False: fetch it."""
 
     address: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimChunks(Event):
+    """To ChunkKeeper: ``ClaimChunk`` for each address; ``reply`` gets those not held
+    (to fetch)."""
+
+    addresses: tuple[bytes, ...]
+    reply: Callable[[list[bytes]], None] = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,3 +225,40 @@ class FindClosest(Event):
 @dataclass(frozen=True, slots=True)
 class RoutingSnapshot:
     """Ask BucketManager: the routing table's peers as ``(peer_id, addrs)`` pairs."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectProofs(Event):
+    """To ChunkKeeper: the storage proofs ``peer`` should answer for these chunks
+    (``protocol.audit.storage_proof`` over this node's own intact copies); ``reply`` gets
+    ``{address: proof}`` for the chunks held intact here."""
+
+    nonce: bytes
+    peer: bytes
+    addresses: tuple[bytes, ...]
+    reply: Callable[[dict[bytes, bytes]], None] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ShunPeer(Event):
+    """Keep the peer out of the routing table until ``until`` (Auditor -> BucketManager)."""
+
+    peer_id: bytes
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
+class PeerMisbehaved(Event):
+    """Evidence against a peer seen outside audits, e.g. it served wrong bytes (to the
+    Auditor)."""
+
+    peer_id: bytes
+    event: TrustEvent
+
+
+@dataclass(frozen=True, slots=True)
+class OfferChunks(Event):
+    """Offer these chunks to ``peer``: it should hold them and does not (to the Replicator)."""
+
+    peer_id: bytes
+    addresses: tuple[bytes, ...]

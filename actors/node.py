@@ -20,6 +20,7 @@ from typing import Any, Literal
 import pykka
 
 from actors._quic.endpoint import TransportConfig
+from actors.auditor import Auditor
 from actors.base import MailboxFigures, NodeActor
 from actors.bucket_manager import BucketManager
 from actors.chunk_keeper import ChunkKeeper, KeeperPayments
@@ -44,6 +45,7 @@ from cli.control import ControlServer
 from persistence.chunk_files import ChunkFiles
 from persistence.database import Database, open_database
 from persistence.root_dir import RootDirLock, prepare_root_dir
+from protocol.audit import DEFAULT_AUDIT_INTERVAL
 from protocol.chunk_cache import DEFAULT_CACHE_BYTES
 from protocol.identity import Identity, load_or_create
 from protocol.lookup import Contact
@@ -65,6 +67,7 @@ from protocol.wire import (
     RelayConnect,
     RelayIncoming,
     RelayReserve,
+    StorageChallenge,
 )
 from protocol.xor import from_hex
 
@@ -75,6 +78,7 @@ _SERVED_BY: dict[type[Message], str] = {
     PutChunk: "ChunkKeeper",
     GetChunk: "ChunkKeeper",
     GetQuote: "ChunkKeeper",
+    StorageChallenge: "ChunkKeeper",
     Offer: "Replicator",
     DialBack: "NatTraverser",
     PunchRequest: "NatTraverser",
@@ -125,6 +129,8 @@ class NodeConfig:
     """Seconds between liveness pings of the closest peers."""
     repair_interval: float = 120.0
     """Seconds between two replication repair passes over every held chunk."""
+    audit_interval: float = DEFAULT_AUDIT_INTERVAL
+    """Seconds between two storage audits of each close-group peer, on average; 0: none."""
     punch_ttl: int = 2
     """TTL of hole-punch openers: must leave the home router and die before the far one."""
     serve_relay: bool = True
@@ -202,7 +208,7 @@ class Node:
             database,
             files,
             self.config.max_storage,
-            on_stored=self._tell("Replicator"),
+            on_stored=self._tell("Replicator", "Auditor"),
             on_lost=self._tell("Replicator"),
             cache_size=self.config.cache_size,
             payments=keeper_payments,
@@ -236,14 +242,32 @@ class Node:
         )
 
         replicator = self._spawn(
-            Replicator, own_id, self.transport, keeper, repair_interval=self.config.repair_interval
+            Replicator,
+            own_id,
+            self.transport,
+            keeper,
+            repair_interval=self.config.repair_interval,
+            on_misbehaved=self._tell("Auditor"),
         )
         close_groups.tell(SubscribeCloseGroup(self._tell("Replicator")))
+        if self.config.audit_interval > 0:
+            self._spawn(
+                Auditor,
+                own_id,
+                self.transport,
+                keeper,
+                database,
+                on_shun=self._tell("BucketManager"),
+                on_offer=self._tell("Replicator"),
+                interval=self.config.audit_interval,
+            )
+        tell_auditor = self._tell("Auditor")
 
         def routing_changed(event: RoutingChanged) -> None:
             close_groups.tell(event)
             keeper.tell(event)
             replicator.tell(event)
+            tell_auditor(event)
 
         self._spawn(
             BucketManager,
@@ -294,14 +318,16 @@ class Node:
         verifier = self._spawn(PaymentVerifier, chain, payments.rewards_address)
         return KeeperPayments(identity, payments.rewards_address, verifier)
 
-    def _tell(self, name: str) -> Callable[[Any], None]:
-        """A callable that tells the named actor, looked up at call time (it may start later)."""
+    def _tell(self, *names: str) -> Callable[[Any], None]:
+        """A callable that tells the named actors, looked up at call time (they may start
+        later, or not at all)."""
 
         def tell(message: Any) -> None:
-            ref = self.refs.get(name)
-            if ref is not None:
-                with contextlib.suppress(pykka.ActorDeadError):
-                    ref.tell(message)
+            for name in names:
+                ref = self.refs.get(name)
+                if ref is not None:
+                    with contextlib.suppress(pykka.ActorDeadError):
+                        ref.tell(message)
 
         return tell
 

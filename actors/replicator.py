@@ -5,6 +5,10 @@
   chunks it is now responsible for.
 - An inbound ``Offer`` queues fetches of what this node lacks and is responsible
   for; a chunk lost to corruption is fetched again from its close group.
+- When peers leave the routing table (gone, or shunned for failing audits), the held
+  chunks whose close group they were in are offered to the members that take their
+  places.
+- The Auditor asks for chunks a peer lacks to be offered to it (``OfferChunks``).
 - A periodic repair pass re-offers every held chunk, covering what events missed.
 - A held chunk this node is no longer responsible for (pushed out of its close
   group, with the margin a PUT is accepted within) is handed over: offered to the
@@ -13,7 +17,9 @@
 
 Fetches go through ``protocol.replication.FetchQueue`` (bounded concurrency and
 bandwidth). A fetched chunk is stored through ChunkKeeper, which re-checks its
-hash: a source that serves wrong bytes is skipped and the next one is tried.
+hash: a source that serves wrong bytes is skipped, reported (``on_misbehaved``) and
+the next one is tried. The Replicator never waits on the ChunkKeeper: what it asks
+(the held chunks, claims) comes back as messages.
 """
 
 from __future__ import annotations
@@ -21,8 +27,8 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import pykka
@@ -33,12 +39,14 @@ from actors.futures import Outcome, tell_when_done
 from actors.messages import (
     ChunkLost,
     ChunkStored,
-    ClaimChunk,
+    ClaimChunks,
     CloseGroupChanged,
     DemoteChunks,
     Event,
     HeldChunks,
     InboundRequest,
+    OfferChunks,
+    PeerMisbehaved,
     RoutingChanged,
     StatusQuery,
     StoreChunk,
@@ -46,7 +54,18 @@ from actors.messages import (
 )
 from protocol.chunks import CLOSE_GROUP_SIZE, RESPONSIBILITY_MARGIN
 from protocol.replication import FetchQueue, Handover, holders, no_longer_responsible, offers
-from protocol.wire import MAX_OFFER_ADDRESSES, Chunk, GetChunk, Message, Offer, OfferAck, PutAck
+from protocol.trust import TrustEvent
+from protocol.wire import (
+    MAX_OFFER_ADDRESSES,
+    Chunk,
+    Error,
+    ErrorCode,
+    GetChunk,
+    Message,
+    Offer,
+    OfferAck,
+    PutAck,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +91,26 @@ class _Stored(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class _Held(Event):
+    """The ChunkKeeper's list of held chunks, for a repair pass."""
+
+    held: tuple[bytes, ...]
+    only_to: tuple[bytes, ...] | None
+    departed: frozenset[bytes] = frozenset()
+    """Peers that left: offer only what their departure moved to someone else."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Claimed(Event):
+    """The offered chunks the ChunkKeeper does not hold (to fetch), and whom to answer."""
+
+    peer_id: bytes
+    offered: tuple[bytes, ...]
+    missing: tuple[bytes, ...]
+    reply: Any = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class _HandoverOffered(Event):
     peer: bytes
     addresses: tuple[bytes, ...]
@@ -90,9 +129,13 @@ class Replicator(NodeActor):
         repair_interval: float = 120.0,
         max_in_flight: int = 4,
         bytes_per_second: float = 32 * 1024 * 1024,
+        on_misbehaved: Callable[[PeerMisbehaved], None] = lambda _event: None,
     ) -> None:
         super().__init__()
         self.own_id = own_id
+        self.on_misbehaved = on_misbehaved
+        self._departed: set[bytes] = set()
+        """Peers that left the routing table since the last tick."""
         self.remote = remote
         self.keeper = keeper
         self.repair_interval = repair_interval
@@ -110,6 +153,8 @@ class Replicator(NodeActor):
             case RoutingChanged(added=added, removed=removed):
                 self.peers.difference_update(removed)
                 self.peers.update(added)
+                self._departed.update(removed)
+                self._departed.difference_update(added)
             case ChunkStored(address=address, copies_to=copies_to):
                 plan = offers([address], self.own_id, self.peers)
                 for peer in copies_to:  # the client stored it there itself
@@ -117,11 +162,20 @@ class Replicator(NodeActor):
                 self._offer(plan)
             case CloseGroupChanged(added=added):
                 if added:
-                    self._repair(self._held(), only_to=added)
+                    self._ask_held(only_to=tuple(added))
+            case _Held(held=held, only_to=only_to, departed=departed):
+                if departed:
+                    self._replace_departed(held, departed)
+                else:
+                    self._repair(held, only_to=only_to)
             case ChunkLost(address=address):
                 self.queue.want(address, self._sources(address))
+            case OfferChunks(peer_id=peer_id, addresses=addresses):
+                self._offer({peer_id: list(addresses)})
             case InboundRequest(peer_id=peer_id, message=Offer(addresses=addresses), reply=reply):
-                reply(OfferAck(self._take_offer(peer_id, addresses)))
+                self._take_offer(peer_id, addresses, reply)
+            case _Claimed(peer_id=peer_id, offered=offered, missing=missing, reply=reply):
+                reply(OfferAck(self._claimed(peer_id, offered, missing)))
             case _Fetched(address=address, source=source, outcome=outcome):
                 self._fetched(address, source, outcome)
             case _Stored(address=address, source=source, size=size, reply=reply):
@@ -131,7 +185,12 @@ class Replicator(NodeActor):
             case Tick(now=tick_now):
                 if tick_now - self._repaired_at >= self.repair_interval:
                     self._repaired_at = tick_now
-                    self._repair(self._held())
+                    self._departed.clear()
+                    self._ask_held(only_to=None)
+                elif self._departed:
+                    departed = frozenset(self._departed)
+                    self._departed.clear()
+                    self._ask_held(only_to=None, departed=departed)
             case StatusQuery():
                 return {
                     "replication": {
@@ -151,11 +210,36 @@ class Replicator(NodeActor):
         self._start_fetches(now)
         return None
 
-    def _held(self) -> list[bytes]:
-        held: list[bytes] = self.keeper.ask(HeldChunks(), block=True, timeout=30)
-        return held
+    def _ask_held(
+        self, only_to: tuple[bytes, ...] | None, departed: frozenset[bytes] = frozenset()
+    ) -> None:
+        """Ask the ChunkKeeper for the held chunks; a repair pass follows (``_Held``)."""
 
-    def _repair(self, held: list[bytes], only_to: Sequence[bytes] | None = None) -> None:
+        def reply(held: list[bytes]) -> None:
+            self.tell_self(_Held(tuple(held), only_to, departed))
+
+        self.keeper.tell(HeldChunks(reply=reply))
+
+    def _replace_departed(self, held: Sequence[bytes], departed: frozenset[bytes]) -> None:
+        """Offer the chunks whose close group lost a departed peer to the members that
+        took its place (only those: the others hold them already)."""
+        before = offers(held, self.own_id, self.peers | departed)
+        after = offers(held, self.own_id, self.peers)
+        plan: dict[bytes, list[bytes]] = {}
+        for peer, addresses in after.items():
+            had = set(before.get(peer, ()))
+            new = [a for a in addresses if a not in had]
+            if new:
+                plan[peer] = new
+        if plan:
+            log.info(
+                "%d peer(s) left: offering %d chunk(s) to the members that replace them",
+                len(departed),
+                sum(len(a) for a in plan.values()),
+            )
+        self._offer(plan)
+
+    def _repair(self, held: Sequence[bytes], only_to: Sequence[bytes] | None = None) -> None:
         """Offer held chunks to their close group (or only to ``only_to``); hand over
         the ones this node is no longer responsible for."""
         leaving = set(no_longer_responsible(held, self.own_id, self.peers))
@@ -197,21 +281,36 @@ class Replicator(NodeActor):
             self.remote.request(peer, Offer(part), OFFER_TIMEOUT)
             self.offers_sent += 1
 
-    def _take_offer(self, peer_id: bytes, addresses: Sequence[bytes]) -> int:
-        """Queue the offered chunks this node should hold and lacks; how many."""
+    def _take_offer(
+        self, peer_id: bytes, addresses: Sequence[bytes], reply: Callable[[Message], None]
+    ) -> None:
+        """Claim the offered chunks this node should hold (the ChunkKeeper answers which it
+        lacks, ``_Claimed``); chunks already being fetched only gain a source."""
         self.offers_received += 1
         not_mine = set(no_longer_responsible(addresses, self.own_id, self.peers))
-        wanted = 0
+        to_claim: list[bytes] = []
         for address in addresses:
             if address in self.queue:
                 self.queue.want(address, [peer_id])
-                continue
-            if address in not_mine:
-                continue
-            if self.keeper.ask(ClaimChunk(address), block=True, timeout=10):
-                continue
-            self.queue.want(address, [peer_id])
-            wanted += 1
+            elif address not in not_mine:
+                to_claim.append(address)
+        if not to_claim:
+            reply(OfferAck(0))
+            return
+        offered = tuple(to_claim)
+
+        def claimed(missing: list[bytes]) -> None:
+            self.tell_self(_Claimed(peer_id, offered, tuple(missing), reply))
+
+        self.keeper.tell(ClaimChunks(offered, claimed))
+
+    def _claimed(self, peer_id: bytes, offered: Sequence[bytes], missing: Sequence[bytes]) -> int:
+        """Queue the claimed chunks not held here; how many."""
+        del offered  # the ones held were promoted or are here already
+        wanted = 0
+        for address in missing:
+            if self.queue.want(address, [peer_id]):
+                wanted += 1
         return wanted
 
     def _start_fetches(self, now: float) -> None:
@@ -225,6 +324,8 @@ class Replicator(NodeActor):
 
     def _fetched(self, address: bytes, source: bytes, outcome: Outcome[Message]) -> None:
         reply = outcome.value
+        if isinstance(reply, Chunk) and reply.address != address:
+            self._wrong_bytes(source)
         if isinstance(reply, Chunk) and reply.address == address:
             size = len(reply.content)
             self.keeper.tell(
@@ -246,7 +347,12 @@ class Replicator(NodeActor):
         log.warning(
             "replica of %s from %s rejected: %s", address.hex()[:16], source.hex()[:16], reply
         )
+        if isinstance(reply, Error) and reply.code is ErrorCode.BAD_CHUNK:
+            self._wrong_bytes(source)
         self._fetch_failed(address)
+
+    def _wrong_bytes(self, source: bytes) -> None:
+        self.on_misbehaved(PeerMisbehaved(source, TrustEvent.WRONG_BYTES))
 
     def _fetch_failed(self, address: bytes) -> None:
         self.queue.done(address, ok=False)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from cli.control import ControlError, request
 from cli.sizes import format_size, parse_size
+from protocol.audit import DEFAULT_AUDIT_INTERVAL
 
 if TYPE_CHECKING:
     from actors.node import Node, NodeConfig, NodePayments
@@ -33,6 +34,16 @@ def _size(text: str) -> int:
         return parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"not a number of seconds (0 or more): {text!r}")
+    return value
 
 
 def _evm_address(text: str) -> bytes:
@@ -128,6 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=120.0,
         help="seconds between replication repair passes (default 120)",
+    )
+    run.add_argument(
+        "--audit-interval",
+        type=_seconds,
+        default=DEFAULT_AUDIT_INTERVAL,
+        help="seconds between storage audits of each close-group peer, on average"
+        f" (default {DEFAULT_AUDIT_INTERVAL:.0f}; 0: audit nobody)",
     )
     run.add_argument(
         "--punch-ttl",
@@ -375,6 +393,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         refresh_interval=args.refresh_interval,
         liveness_interval=args.liveness_interval,
         repair_interval=args.repair_interval,
+        audit_interval=args.audit_interval,
         punch_ttl=args.punch_ttl,
         reachability=None if args.reachability is None else Reachability(args.reachability),
         serve_relay=args.serve_relay,

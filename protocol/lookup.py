@@ -34,6 +34,10 @@ Rules:
   the target, say) is distrusted: the candidates only it named and not yet
   asked are forgotten and its later answers ignored (it still counts as having
   answered).
+- shunned peers: ``skip`` names peers never to take (the owner shuns them), and a
+  peer that ``shun_reports`` responders report shunned (``Nodes.shunned``: it
+  failed their storage audits) is dropped, even from the result. One responder
+  alone cannot exclude an honest peer.
 
 ``rounds`` is the length of the longest chain of dependent queries that were
 answered: a query to a seed is round 1, a query to a peer first learnt from an
@@ -64,6 +68,8 @@ REPLY_SCAN_LIMIT: Final = 64
 MAX_ADDRS: Final = MAX_ADDRS_PER_PEER
 DISTRUST_AFTER: Final = 3
 """Failed peers a responder may name before its answers are ignored."""
+SHUN_REPORTS: Final = 2
+"""Responders that must report a peer shunned before the lookup drops it."""
 
 
 class PeerLike(Protocol):
@@ -122,6 +128,8 @@ class Lookup:
         shortlist_size: int | None = None,
         reply_scan_limit: int = REPLY_SCAN_LIMIT,
         distrust_after: int = DISTRUST_AFTER,
+        skip: Iterable[bytes] = (),
+        shun_reports: int = SHUN_REPORTS,
         now: float,
     ) -> None:
         if len(target) != ADDRESS_BYTES or len(own_id) != ADDRESS_BYTES:
@@ -153,6 +161,9 @@ class Lookup:
         self._queried: set[bytes] = set()
         self._bad_introductions: dict[bytes, int] = {}
         self._distrusted: set[bytes] = set()
+        self._skipped: set[bytes] = set(skip)
+        self._shun_reports: dict[bytes, set[bytes]] = {}
+        self.shun_reports = shun_reports
         self._done = False
         self._no_progress = 0
         self._add(self._clean(seeds, limit=None), depth=0, source=None)
@@ -233,12 +244,20 @@ class Lookup:
         self._update_done(now)
         return out
 
-    def on_reply(self, peer_id: bytes, peers: Iterable[PeerLike], now: float) -> bool:
-        """``peer_id`` answered with ``peers``. Returns False if the reply was ignored
-        (not queried, already resolved, or the lookup is done)."""
+    def on_reply(
+        self,
+        peer_id: bytes,
+        peers: Iterable[PeerLike],
+        now: float,
+        shunned: Iterable[bytes] = (),
+    ) -> bool:
+        """``peer_id`` answered with ``peers`` (and the peers it shuns). Returns False if
+        the reply was ignored (not queried, already resolved, or the lookup is done)."""
         candidate = self._in_flight.pop(peer_id, None)
         if candidate is None or self._done:
             return False
+        if peer_id not in self._distrusted:
+            self._note_shunned(peer_id, shunned)
         candidate.state = _State.ANSWERED
         self.replies += 1
         depth = candidate.depth + 1
@@ -264,7 +283,25 @@ class Lookup:
         self._update_done(now)
         return True
 
+    @property
+    def skipped(self) -> frozenset[bytes]:
+        """Peers left out because they are shunned."""
+        return frozenset(self._skipped)
+
     # --- internals -----------------------------------------------------------------
+
+    def _note_shunned(self, responder: bytes, shunned: Iterable[bytes]) -> None:
+        for peer_id in itertools.islice(shunned, self.reply_scan_limit):
+            if type(peer_id) is not bytes or peer_id in self._skipped:
+                continue
+            reporters = self._shun_reports.setdefault(peer_id, set())
+            reporters.add(responder)
+            if len(reporters) >= self.shun_reports:
+                self._skipped.add(peer_id)
+                self._in_flight.pop(peer_id, None)
+                candidate = self._candidates.get(peer_id)
+                if candidate is not None:
+                    self._drop(candidate)
 
     def _clean(
         self, peers: Iterable[PeerLike], limit: int | None
@@ -281,7 +318,7 @@ class Lookup:
                 peer_id = getattr(entry, "peer_id", None)
                 if type(peer_id) is not bytes or len(peer_id) != ADDRESS_BYTES:
                     continue
-                if peer_id == own or peer_id in seen:
+                if peer_id == own or peer_id in seen or peer_id in self._skipped:
                     continue
                 seen.add(peer_id)
                 cleaned.append((int.from_bytes(peer_id, "big") ^ t, peer_id, entry))

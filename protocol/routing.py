@@ -107,7 +107,7 @@ class Cached:
     bucket: int
 
 
-RejectReason = Literal["invalid_id", "own_id", "ip_limit", "subnet_limit"]
+RejectReason = Literal["invalid_id", "own_id", "ip_limit", "subnet_limit", "shunned"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +192,8 @@ class RoutingTable:
         self._buckets: dict[int, _Bucket] = {}
         self._refreshed: dict[int, float] = {}
         self._size = 0
+        self._shunned: dict[bytes, float] = {}
+        """Peers kept out of the table, with when that ends (``shun``)."""
 
     # --- queries -------------------------------------------------------------------
 
@@ -291,6 +293,8 @@ class RoutingTable:
             return Rejected(peer_id, "invalid_id")
         if peer_id == self.own_id:
             return Rejected(peer_id, "own_id")
+        if self.is_shunned(peer_id, now):
+            return Rejected(peer_id, "shunned")
         index = self.bucket_of(peer_id)
         bucket = self._buckets.get(index)
         known = None if bucket is None else bucket.peers.get(peer_id)
@@ -394,6 +398,27 @@ class RoutingTable:
         if peer_id not in bucket.peers:
             return None
         return self._evict(peer_id)
+
+    def shun(self, peer_id: bytes, until: float) -> Evicted | None:
+        """Keep ``peer_id`` out of the table until ``until`` (it failed storage audits):
+        it is removed now (``Evicted`` if it was in), and ``observe`` rejects it."""
+        if len(peer_id) != ADDRESS_BYTES or peer_id == self.own_id:
+            return None
+        self._shunned[peer_id] = until
+        return self.remove(peer_id)
+
+    def is_shunned(self, peer_id: bytes, now: float) -> bool:
+        until = self._shunned.get(peer_id)
+        if until is None:
+            return False
+        if now >= until:
+            del self._shunned[peer_id]
+            return False
+        return True
+
+    def shunned(self, now: float) -> list[bytes]:
+        """Every peer shunned at ``now``."""
+        return [p for p in list(self._shunned) if self.is_shunned(p, now)]
 
     # --- refresh -------------------------------------------------------------------
 

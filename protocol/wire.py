@@ -33,6 +33,11 @@ MAX_ERROR_CHARS: Final = 1024
 MAX_OFFER_ADDRESSES: Final = 1024
 MAX_PROOF_QUOTES: Final = 7
 """Quotes a payment proof may carry: the close group and the margin past it."""
+MAX_CHALLENGE_ADDRESSES: Final = 64
+"""Addresses one storage challenge may name (``protocol.audit``)."""
+MAX_SHUNNED_PER_REPLY: Final = 16
+CHALLENGE_NONCE_BYTES: Final = 32
+STORAGE_PROOF_BYTES: Final = 32
 EVM_ADDRESS_BYTES: Final = 20
 
 _HEADER = struct.Struct(">IB")
@@ -86,6 +91,8 @@ class ErrorCode(enum.StrEnum):
     """The proof of payment is forged, for another chunk, expired, unpaid or underpaid."""
     CHAIN_UNAVAILABLE = "chain_unavailable"
     """The node could not ask the chain whether the proof was paid: try again later."""
+    REPLAYED = "replayed"
+    """A storage challenge repeated a nonce already seen."""
     INTERNAL = "internal"
 
 
@@ -118,6 +125,9 @@ class FindNode(_Message, tag="find_node", frozen=True):
 
 class Nodes(_Message, tag="nodes", frozen=True):
     peers: Annotated[list[PeerRecord], msgspec.Meta(max_length=MAX_PEERS_PER_REPLY)]
+    shunned: Annotated[list[Address], msgspec.Meta(max_length=MAX_SHUNNED_PER_REPLY)] = []
+    """Peers close to the target that the responder shuns (they failed its storage
+    audits): a client skips a peer that enough responders name here."""
 
 
 class Quote(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
@@ -214,6 +224,31 @@ class OfferAck(_Message, tag="offer_ack", frozen=True):
     """Reply to ``Offer``: how many of the offered chunks the receiver will fetch."""
 
     wanted: Annotated[int, msgspec.Meta(ge=0)]
+
+
+# -- storage audits (see protocol/audit.py) ---------------------------------------------
+
+ChallengeNonce = Annotated[
+    bytes, msgspec.Meta(min_length=CHALLENGE_NONCE_BYTES, max_length=CHALLENGE_NONCE_BYTES)
+]
+StorageAnswer = Annotated[bytes, msgspec.Meta(max_length=STORAGE_PROOF_BYTES)]
+"""A storage proof (32 bytes), or empty: the chunk is not held."""
+
+
+class StorageChallenge(_Message, tag="storage_challenge", frozen=True):
+    """ "Prove you hold these chunks": answer each with ``protocol.audit.storage_proof``
+    of this fresh nonce, your id, the address and the chunk's bytes."""
+
+    nonce: ChallengeNonce
+    addresses: Annotated[
+        list[Address], msgspec.Meta(min_length=1, max_length=MAX_CHALLENGE_ADDRESSES)
+    ]
+
+
+class StorageAnswers(_Message, tag="storage_answers", frozen=True):
+    """Reply to ``StorageChallenge``: one answer per address, in the same order."""
+
+    answers: Annotated[list[StorageAnswer], msgspec.Meta(max_length=MAX_CHALLENGE_ADDRESSES)]
 
 
 # -- NAT traversal (see protocol/nat.py and protocol/relay.py) ---------------------------
@@ -319,6 +354,8 @@ Message = (
     | Announce
     | GetQuote
     | QuoteReply
+    | StorageChallenge
+    | StorageAnswers
 )
 """Every message that can travel in a frame (``Hello``/``Proof`` only on handshake streams)."""
 

@@ -94,12 +94,12 @@ def test_corrupted_file_is_never_served_and_is_quarantined(keeper: KeeperHarness
     assert isinstance(keeper.request(PutChunk(address, content)), PutAck)
 
 
-def test_audit_finds_a_chunk_damaged_at_rest(keeper: KeeperHarness) -> None:
+def test_scrub_finds_a_chunk_damaged_at_rest(keeper: KeeperHarness) -> None:
     content = os.urandom(512)
     address = chunk_address(content)
     assert isinstance(keeper.request(PutChunk(address, content)), PutAck)
     keeper.files.path_of(address).write_bytes(b"rot")
-    keeper.ref.proxy().audit(1e12).get(timeout=5)  # far in the future: every chunk is due
+    keeper.ref.proxy().scrub(1e12).get(timeout=5)  # far in the future: every chunk is due
     assert keeper.lost == [ChunkLost(address)]
 
 
