@@ -198,10 +198,13 @@ class Handshake(NodeActor):
                 case Rejected(reason=reason, detail=detail):
                     self.stats.rejected[reason.value] = self.stats.rejected.get(reason.value, 0) + 1
                     # a connection closed mid-handshake is routine (e.g. the losing
-                    # connection of a simultaneous dial); anything else is suspicious
-                    level = (
-                        logging.INFO if reason is RejectReason.CONNECTION_LOST else logging.WARNING
+                    # connection of a simultaneous dial), and so is an inbound one that
+                    # never finished (the Transport counts those, and a flood of them
+                    # must not flood the log); anything else is suspicious
+                    routine = reason is RejectReason.CONNECTION_LOST or (
+                        reason is RejectReason.STALLED and begin.role is Role.SERVER
                     )
+                    level = logging.INFO if routine else logging.WARNING
                     log.log(
                         level,
                         "handshake with %s (%s) rejected: %s: %s",

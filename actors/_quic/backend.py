@@ -376,7 +376,9 @@ class QuicBackend(ABC):
     def _configuration(self, is_client: bool) -> Any: ...
 
     @abstractmethod
-    def _connection(self, configuration: Any, original_dcid: bytes | None) -> Any: ...
+    def _connection(
+        self, configuration: Any, original_dcid: bytes | None, retry_cid: bytes | None = None
+    ) -> Any: ...
 
     @abstractmethod
     def peer_certificate_der(self, connection: Any) -> bytes | None: ...
@@ -397,9 +399,13 @@ class QuicBackend(ABC):
         configuration = self._configuration(is_client=True)
         return QuicConnectionAdapter(self, self._connection(configuration, None), True)
 
-    def server(self, original_dcid: bytes) -> QuicConnectionAdapter:
+    def server(self, original_dcid: bytes, retry_cid: bytes | None = None) -> QuicConnectionAdapter:
+        """A server connection for a client Initial. After a Retry, ``original_dcid`` is
+        the one the client first chose (from the token) and ``retry_cid`` the Retry's
+        source connection ID (the address is then validated)."""
         configuration = self._server_configuration
-        return QuicConnectionAdapter(self, self._connection(configuration, original_dcid), False)
+        connection = self._connection(configuration, original_dcid, retry_cid)
+        return QuicConnectionAdapter(self, connection, False)
 
     @cached_property
     def _server_configuration(self) -> Any:
@@ -489,7 +495,9 @@ class Qh3Backend(QuicBackend):
             configuration.private_key = self._tls_key
         return configuration
 
-    def _connection(self, configuration: Any, original_dcid: bytes | None) -> Any:
+    def _connection(
+        self, configuration: Any, original_dcid: bytes | None, retry_cid: bytes | None = None
+    ) -> Any:
         # the core's datagram size: the configured one, or what a client's path MTU
         # discovery found (at most QH3_PMTU_PROBE_LIMIT)
         largest_datagram = self.settings.max_datagram_size
@@ -499,6 +507,7 @@ class Qh3Backend(QuicBackend):
         return _Qh3Connection(
             configuration=configuration,
             original_destination_connection_id=original_dcid,
+            retry_source_connection_id=retry_cid,
             hold_below=largest_datagram,
         )
 
@@ -564,11 +573,15 @@ class AioquicBackend(QuicBackend):
             configuration.private_key = self._tls_key
         return configuration
 
-    def _connection(self, configuration: Any, original_dcid: bytes | None) -> Any:
+    def _connection(
+        self, configuration: Any, original_dcid: bytes | None, retry_cid: bytes | None = None
+    ) -> Any:
         if original_dcid is None:
             return self._connection_class(configuration=configuration)
         return self._connection_class(
-            configuration=configuration, original_destination_connection_id=original_dcid
+            configuration=configuration,
+            original_destination_connection_id=original_dcid,
+            retry_source_connection_id=retry_cid,
         )
 
     def peer_certificate_der(self, connection: Any) -> bytes | None:

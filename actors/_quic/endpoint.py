@@ -39,6 +39,15 @@ from typing import Any, Final, Literal, TypeVar
 import msgspec
 import pykka
 
+from actors._quic.admission import (
+    RETRY_CID_BYTES,
+    HalfOpenAdmission,
+    HalfOpenLimits,
+    RetryTokens,
+    Verdict,
+    parse_initial,
+    retry_packet,
+)
 from actors._quic.backend import (
     CONNECTION_ID_BYTES,
     POST_QUANTUM_GROUPS,
@@ -187,6 +196,16 @@ class TransportConfig:
     peer_silence_timeout: float = 5.0
     """With requests outstanding, a peer silent this long despite PINGs is dead."""
     max_connections: int = 4096
+    half_open_per_source: int = 16
+    """Inbound connections not yet through the identity handshake, per source IP;
+    a client Initial over the cap is dropped. Each must finish within
+    ``handshake_timeout`` or is closed."""
+    half_open_total: int = 256
+    """Inbound connections not yet through the identity handshake, in all."""
+    half_open_retry_above: int | None = None
+    """From this many half-open connections on, a client must first answer a QUIC
+    Retry (prove its address) to get a connection (None: half of ``half_open_total``;
+    0: always)."""
     max_datagram_size: int = 1350
     socket_buffer_bytes: int = 4 * 1024 * 1024
     announce: bool = True
@@ -248,6 +267,21 @@ class TransportStats(msgspec.Struct):
     event_holds: int = 0
     """Times a connection's stack held received events back (qh3, congestion window
     full; see ``actors._quic.backend``)."""
+    half_open: int = 0
+    """Inbound connections now between their first Initial and the identity
+    handshake's acceptance (a gauge, not a counter)."""
+    half_open_peak: int = 0
+    """The most ``half_open`` has been."""
+    half_open_refused: int = 0
+    """Client Initials dropped because their source or the node was at its
+    half-open cap (a refused client's retransmissions count again)."""
+    retries_sent: int = 0
+    """QUIC Retry packets sent (address validation under pressure)."""
+    retry_tokens_rejected: int = 0
+    """Initials whose token was not a valid, fresh Retry token of this node."""
+    handshake_timeouts: int = 0
+    """Inbound connections closed because their handshake (TLS and identity) was not
+    done within ``handshake_timeout``."""
 
 
 # -- per-connection and per-request state (loop thread only) --------------------------
@@ -429,6 +463,15 @@ class QuicEndpoint:
         self._flush_scheduled = False
         self._send_backlog: collections.deque[tuple[bytes, Address]] = collections.deque()
         self._lingering: dict[bytes, tuple[QuicConnectionAdapter, float]] = {}
+        self._linger_timer: asyncio.TimerHandle | None = None
+        self._admission = HalfOpenAdmission(
+            HalfOpenLimits(
+                per_source=config.half_open_per_source,
+                total=config.half_open_total,
+                retry_above=config.half_open_retry_above,
+            )
+        )
+        self._retry_tokens = RetryTokens()
         self.stats = TransportStats()
 
     # -- lifecycle (any thread) --------------------------------------------------------
@@ -766,6 +809,13 @@ class QuicEndpoint:
             log.exception("QUIC stack failed on datagrams from %s:%d", *addr)
             self._stack_failed(conn)
             return
+        if not conn.last_received and conn.role is Role.SERVER and conn.quic.close_event():
+            # Stillborn: the datagram that made the connection is not the start of a
+            # client's flight (say its first datagram was refused at the half-open cap
+            # and this is the PING of a probe). Forget it without a word: the client's
+            # next probe carries its ClientHello and gets a connection.
+            self._abort(conn, "no ClientHello", PeerUnreachable("no ClientHello"))
+            return
         if conn.state == "ready" and addr != conn.addr:
             log.info("peer %s moved from %s:%d to %s:%d", _short(conn.peer_id), *conn.addr, *addr)
         conn.addr = addr
@@ -785,13 +835,44 @@ class QuicEndpoint:
             log.debug("closed connection failed on a late datagram", exc_info=True)
 
     def _accept(self, data: bytes, cid: bytes, addr: Address, now: float) -> _Conn | None:
-        """A new inbound connection for a client Initial; None to drop the datagram."""
+        """A new inbound connection for a client Initial; None to drop the datagram.
+
+        Unauthenticated work is bounded (``actors._quic.admission``): an Initial over
+        the half-open caps is dropped before anything is allocated, and under
+        pressure an unvalidated client gets a stateless Retry instead."""
         is_initial = len(data) >= 1200 and data[0] & 0xF0 == 0xC0  # long header, Initial
         if not is_initial or self._closed or len(self._conns) >= self.config.max_connections:
             return None
-        quic = self._backend_for(addr).server(original_dcid=cid)
+        header = parse_initial(data)
+        if header is None:
+            return None
+        host = addr[0]
+        admission = self._admission
+        if admission.decide(host, validated=True) is Verdict.REFUSE:
+            self.stats.half_open_refused += 1
+            return None
+        original, retry_cid = cid, None
+        if header.token:
+            checked = self._retry_tokens.check(addr, header.destination_cid, header.token, now)
+            if checked is None:
+                self.stats.retry_tokens_rejected += 1
+            else:
+                original, retry_cid = checked, header.destination_cid
+        # a relay circuit cannot be spoofed (and a Retry through one only costs time)
+        validated = retry_cid is not None or host.startswith(VIRTUAL_NET)
+        if admission.decide(host, validated) is Verdict.RETRY:
+            if header.token:  # a client answers one Retry only: this one is lost
+                return None
+            new_cid = os.urandom(RETRY_CID_BYTES)
+            token = self._retry_tokens.mint(addr, header.destination_cid, new_cid, now)
+            self._sendto(retry_packet(header, new_cid, token), addr)
+            self.stats.retries_sent += 1
+            return None
+        quic = self._backend_for(addr).server(original_dcid=original, retry_cid=retry_cid)
         conn = self._new_conn(quic, Role.SERVER, addr, now)
         self._map_cid(conn, cid)
+        admission.opened(conn.id, host)
+        self._count_half_open()
         if addr in self._circuit_of:
             conn.how = How.RELAYED
             conn.circuit = self._circuit_of[addr]
@@ -1175,6 +1256,8 @@ class QuicEndpoint:
             conn.setup_timer = None
         now = self._loop.time()
         conn.state = "ready"
+        if self._admission.finished(conn.id):
+            self._count_half_open()
         conn.peer_id = outcome.peer_id
         conn.listen_addrs = outcome.listen_addrs
         conn.instance = outcome.instance
@@ -1273,6 +1356,8 @@ class QuicEndpoint:
     def _setup_expired(self, conn: _Conn) -> None:
         assert self._loop is not None
         conn.setup_timer = None
+        if conn.role is Role.SERVER and conn.state in ("quic", "identity"):
+            self.stats.handshake_timeouts += 1
         if conn.state == "quic":
             self.stats.setup_timeouts += 1
             detail = f"no QUIC handshake with {conn.addr[0]}:{conn.addr[1]}"
@@ -1312,11 +1397,31 @@ class QuicEndpoint:
         except Exception:
             log.debug("could not send the close of connection %d", conn.id, exc_info=True)
         self._finalize(conn, reason, error or ConnectionLost(reason), code)
-        for cid in [c for c, (_, until) in self._lingering.items() if until < now]:
-            del self._lingering[cid]
         if not self._closed:
             for cid in conn.cids:
                 self._lingering[cid] = (conn.quic, now + CLOSE_LINGER)
+            if self._linger_timer is None:
+                self._linger_timer = self._loop.call_at(now + CLOSE_LINGER, self._prune_lingering)
+
+    def _prune_lingering(self) -> None:
+        """Release the closed connections whose linger time is over (the dict is in
+        order of closing, so of expiry)."""
+        assert self._loop is not None
+        self._linger_timer = None
+        now = self._loop.time()
+        lingering = self._lingering
+        while lingering:
+            cid = next(iter(lingering))
+            until = lingering[cid][1]
+            if until > now:
+                if not self._closed:
+                    self._linger_timer = self._loop.call_at(until, self._prune_lingering)
+                return
+            del lingering[cid]
+
+    def _count_half_open(self) -> None:
+        self.stats.half_open = self._admission.count
+        self.stats.half_open_peak = self._admission.peak
 
     def _abort(self, conn: _Conn, reason: str, error: TransportError) -> None:
         """Forget ``conn`` without telling the peer (it is gone or the stack failed)."""
@@ -1343,6 +1448,8 @@ class QuicEndpoint:
         was_ready = conn.state == "ready"
         conn.state = "closed"
         self.stats.connections_closed += 1
+        if self._admission.finished(conn.id):
+            self._count_half_open()
         self._conns.pop(conn.id, None)
         for cid in conn.cids:
             if self._cids.get(cid) is conn:

@@ -141,6 +141,7 @@ class RawEndpoint:
         self,
         stack: QuicStack = "qh3",
         on_accept: Callable[[RawConn], None] | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.certificate = TlsCertificate.generate()
         self.backend = make_backend(stack, self.certificate, QuicSettings())
@@ -149,7 +150,7 @@ class RawEndpoint:
         self.conns: list[RawConn] = []
         self._cids: dict[bytes, RawConn] = {}
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((host, 0))
         self.sock.setblocking(False)
         self.address: Address = self.sock.getsockname()
         self.loop = asyncio.new_event_loop()
@@ -186,6 +187,14 @@ class RawEndpoint:
             self._thread.join(5)
 
     def connect(self, addr: Address, timeout: float = 5.0) -> RawConn:
+        conn = self.open(addr)
+        if not conn.wait(conn.tls_done.is_set, timeout):
+            raise TimeoutError(f"no QUIC handshake with {addr}")
+        return conn
+
+    def open(self, addr: Address) -> RawConn:
+        """Start a connection to ``addr`` without waiting for its QUIC handshake."""
+
         def run() -> RawConn:
             quic = self.backend.client()
             quic.connect(addr, self.loop.time())
@@ -194,10 +203,16 @@ class RawEndpoint:
             self.service(conn)
             return conn
 
-        conn = self.call(run)
-        if not conn.wait(conn.tls_done.is_set, timeout):
-            raise TimeoutError(f"no QUIC handshake with {addr}")
-        return conn
+        return self.call(run)
+
+    def open_many(self, addr: Address, count: int) -> list[RawConn]:
+        """Start ``count`` connections to ``addr`` at once (one loop turn)."""
+        return self.call(lambda: [self.open(addr) for _ in range(count)], timeout=60.0)
+
+    def count(self, predicate: Callable[[RawConn], bool]) -> int:
+        """How many of this endpoint's connections satisfy ``predicate``."""
+        with self.condition:
+            return sum(1 for conn in self.conns if predicate(conn))
 
     # -- loop thread ---------------------------------------------------------------------
 
