@@ -42,8 +42,10 @@ WEIGHTS: Final[dict[TrustEvent, float]] = {
     TrustEvent.WRONG_BYTES: -5.0,
 }
 MAX_SCORE: Final = 5.0
-SHUN_THRESHOLD: Final = -6.0
-"""A missing chunk then a failed audit (or three refusals) shun a peer; one slip does not."""
+SHUN_THRESHOLD: Final = -5.5
+"""A missing chunk then a failed audit (or three refusals) shun a peer; one slip does not.
+Not -6.0 (the sum of the weights): the failure comes a possession delay after the
+missing chunk, and by then the -1 has decayed a little, which would never reach -6."""
 HALF_LIFE_SECONDS: Final = 3600.0
 SHUN_SECONDS: Final = 24 * 3600.0
 
