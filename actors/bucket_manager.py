@@ -39,7 +39,7 @@ from actors.messages import (
 )
 from persistence.database import Database
 from persistence.database import StoredPeer as PersistedPeer
-from protocol.lookup import Contact, Lookup
+from protocol.lookup import FIND_NODE_TIMEOUT, Contact, Lookup
 from protocol.routing import (
     Added,
     Evicted,
@@ -56,8 +56,6 @@ from protocol.xor import BUCKET_COUNT, bucket_index, closest, random_address_in_
 
 log = logging.getLogger(__name__)
 
-QUERY_TIMEOUT = 5.0
-"""Seconds a FIND_NODE may take before it counts as failed (it is 'slow' after 1 s)."""
 PING_TIMEOUT = 3.0
 SAVE_DEBOUNCE = 5.0
 """Seconds between two saves of the routing table at most."""
@@ -256,7 +254,7 @@ class BucketManager(NodeActor):
         target = job.lookup.target
         for contact in job.lookup.next_queries(now):
             future = self.remote.request(
-                contact.peer_id, FindNode(target), QUERY_TIMEOUT, contact.addrs
+                contact.peer_id, FindNode(target), FIND_NODE_TIMEOUT, contact.addrs
             )
             tell_when_done(
                 future, self.actor_ref, functools.partial(_QueryDone, job_id, contact.peer_id)

@@ -49,7 +49,7 @@ from persistence.errors import ChunkFileError
 from protocol.chunks import CLOSE_GROUP_SIZE, chunk_address, is_valid_chunk
 from protocol.errors import TransportError
 from protocol.identity import Identity
-from protocol.lookup import Contact, Lookup
+from protocol.lookup import FIND_NODE_TIMEOUT, Contact, Lookup
 from protocol.payments import MIN_QUOTES, is_fresh, is_valid_quote, payment_for
 from protocol.routing import K
 from protocol.self_encryption import EncryptedChunk, StreamEncryptor, decrypt
@@ -73,7 +73,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-QUERY_TIMEOUT: Final = 5.0
+QUOTE_TIMEOUT: Final = 5.0
 LOOKUP_MARGIN: Final = 3
 PUT_QUORUM: Final = 3
 """Acknowledgements a PUT needs (of the close group's 5) to count as stored; also the
@@ -243,7 +243,7 @@ class Client:
             now = time.monotonic()
             for contact in lookup.next_queries(now):
                 future = self.transport.request(
-                    contact.peer_id, FindNode(target), QUERY_TIMEOUT, contact.addrs
+                    contact.peer_id, FindNode(target), FIND_NODE_TIMEOUT, contact.addrs
                 )
                 when_done(future, partial(_deliver, answers, contact.peer_id))
             if lookup.done or lookup.in_flight == 0:
@@ -525,7 +525,7 @@ class Client:
             (
                 c.peer_id,
                 self.transport.request(
-                    c.peer_id, GetQuote(chunk.address, size), QUERY_TIMEOUT, c.addrs
+                    c.peer_id, GetQuote(chunk.address, size), QUOTE_TIMEOUT, c.addrs
                 ),
             )
             for c in placement.group
@@ -534,7 +534,7 @@ class Client:
         quotes = []
         for peer_id, future in futures:
             try:
-                reply = future.get(timeout=QUERY_TIMEOUT + 5)
+                reply = future.get(timeout=QUOTE_TIMEOUT + 5)
             except (TransportError, pykka.Timeout) as exc:
                 log.info("no quote from %s: %s", peer_id.hex()[:12], exc)
                 continue

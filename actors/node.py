@@ -25,6 +25,7 @@ from actors.base import MailboxFigures, NodeActor
 from actors.bucket_manager import BucketManager
 from actors.chunk_keeper import ChunkKeeper, KeeperPayments
 from actors.close_group_tracker import CloseGroupTracker
+from actors.control_socket import ControlServer
 from actors.futures import NotifyingFuture
 from actors.handshake import Handshake
 from actors.messages import (
@@ -41,7 +42,6 @@ from actors.messages import (
 from actors.nat_traverser import CascadeResult, NatConfig, NatTraverser, nat_hooks
 from actors.replicator import Replicator
 from actors.transport import Transport, TransportHandle
-from cli.control import ControlServer
 from persistence.chunk_files import ChunkFiles
 from persistence.database import Database, open_database
 from persistence.root_dir import RootDirLock, prepare_root_dir

@@ -26,7 +26,8 @@ from typing import Any
 
 import platformdirs
 
-from cli.control import ControlError, control_socket_path, request
+from actors.control_socket import control_socket_path
+from cli.control import ControlError, request
 
 EVM_JSON = "evm.json"
 

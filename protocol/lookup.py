@@ -61,8 +61,10 @@ from protocol.wire import MAX_ADDRS_PER_PEER
 from protocol.xor import ADDRESS_BYTES, closest
 
 ALPHA: Final = 3
-QUERY_TIMEOUT: Final = 1.0
+SLOW_QUERY_SECONDS: Final = 1.0
 """Seconds after which an unanswered query is slow and frees its slot."""
+FIND_NODE_TIMEOUT: Final = 5.0
+"""Seconds a FIND_NODE request may take before the owner reports it failed."""
 REPLY_SCAN_LIMIT: Final = 64
 """Entries read from one reply (the wire allows at most 64 anyway)."""
 MAX_ADDRS: Final = MAX_ADDRS_PER_PEER
@@ -122,7 +124,7 @@ class Lookup:
         *,
         alpha: int = ALPHA,
         k: int = K,
-        query_timeout: float = QUERY_TIMEOUT,
+        query_timeout: float = SLOW_QUERY_SECONDS,
         give_up_after: float | None = None,
         retries: int = 0,
         shortlist_size: int | None = None,

@@ -42,7 +42,7 @@ FAILURE_THRESHOLD: Final = 3
 """Consecutive failures after which ``record_failure`` evicts a peer."""
 MAX_PEERS_PER_IP: Final = 2
 MAX_PEERS_PER_SUBNET: Final = 5
-PING_TIMEOUT: Final = 30.0
+EVICTION_PING_SECONDS: Final = 30.0
 """A ping-before-evict still unresolved after this long no longer blocks a new one."""
 
 
@@ -175,7 +175,7 @@ class RoutingTable:
         local: bool = False,
         failure_threshold: int = FAILURE_THRESHOLD,
         replacement_size: int | None = None,
-        ping_timeout: float = PING_TIMEOUT,
+        ping_timeout: float = EVICTION_PING_SECONDS,
     ) -> None:
         if len(own_id) != ADDRESS_BYTES:
             raise ValueError(f"an id is {ADDRESS_BYTES} bytes, got {len(own_id)}")
