@@ -298,7 +298,8 @@ class Lookup:
                 continue
             reporters = self._shun_reports.setdefault(peer_id, set())
             reporters.add(responder)
-            if len(reporters) >= self.shun_reports:
+            # a responder distrusted since its report no longer vouches for it
+            if len(reporters - self._distrusted) >= self.shun_reports:
                 self._skipped.add(peer_id)
                 self._in_flight.pop(peer_id, None)
                 candidate = self._candidates.get(peer_id)

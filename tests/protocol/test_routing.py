@@ -404,3 +404,57 @@ def test_import_applies_the_rules() -> None:
     # Oldest first: b and c got in, a (the newest) waits in the replacement cache.
     assert [e.peer_id for e in table.bucket_peers(255)] == [b, c]
     assert table.replacement_count() == 1
+
+
+# --- shunning ------------------------------------------------------------------------
+
+
+def test_shun_removes_and_rejects_until_it_expires() -> None:
+    table = RoutingTable(OWN)
+    a, b = in_bucket(200, 2)
+    fill(table, [a, b])
+    assert table.shun(a, until=100.0) == Evicted(a, 200, replaced_by=None)
+    assert a not in table and b in table
+    assert table.is_shunned(a, 50.0)
+    assert not table.is_shunned(b, 50.0)
+    assert table.shunned(50.0) == [a]
+    assert table.observe(a, ("/x",), None, 50.0) == Rejected(a, "shunned")
+    assert a not in table
+    assert table.closest(a, 20) == [table.get(b)]
+    # over: welcome again, a newcomer
+    assert table.shunned(99.9) == [a]
+    assert table.observe(a, ("/x",), None, 100.0) == Added(a, 200)
+    assert not table.is_shunned(a, 100.0)
+    assert table.shunned(100.0) == []
+
+
+def test_shunning_an_unknown_peer_keeps_it_out_and_own_or_invalid_ids_are_ignored() -> None:
+    table = RoutingTable(OWN)
+    (a,) = in_bucket(10, 1)
+    assert table.shun(a, until=10.0) is None
+    assert table.observe(a, (), None, 5.0) == Rejected(a, "shunned")
+    assert table.shun(OWN, until=10.0) is None
+    assert table.shun(b"short", until=10.0) is None
+    assert table.shunned(0.0) == [a]
+    assert table.observe(OWN, (), None, 0.0) == Rejected(OWN, "own_id")
+    # a longer shun replaces a shorter one
+    table.shun(a, until=20.0)
+    assert table.is_shunned(a, 15.0)
+
+
+def test_shun_promotes_a_replacement_and_drops_a_shunned_replacement() -> None:
+    table = RoutingTable(OWN, k=2)
+    a, b, c, d = in_bucket(255, 4)
+    fill(table, [a, b])
+    table.observe(c, (), None, 5.0)
+    assert table.replacement_count() == 1
+    assert table.shun(a, until=1000.0) == Evicted(a, 255, replaced_by=c)
+    assert [e.peer_id for e in table.bucket_peers(255)] == [b, c]
+    # a shunned peer waiting in the replacement cache is dropped, never promoted
+    table.observe(d, (), None, 6.0)
+    assert table.replacement_count() == 1
+    assert table.shun(d, until=1000.0) is None
+    assert table.replacement_count() == 0
+    assert table.remove(b) == Evicted(b, 255, replaced_by=None)
+    assert table.observe(a, (), None, 7.0) == Rejected(a, "shunned")
+    assert table.observe(d, (), None, 7.0) == Rejected(d, "shunned")

@@ -132,3 +132,54 @@ def test_fuzz_mutated_frames_only_raise_wire_error(message: Message, data: st.Da
             del frame[pos:]
     with contextlib.suppress(WireError):
         decode_frame(bytes(frame))
+
+
+# --- storage audits ------------------------------------------------------------------
+
+
+def frame_of(body: bytes) -> bytes:
+    return struct.pack(">IB", len(body) + 1, wire.WIRE_VERSION) + body
+
+
+def test_storage_challenge_round_trip_and_limits() -> None:
+    nonce_ = bytes(range(32))
+    addresses = [bytes([n]) * 32 for n in range(wire.MAX_CHALLENGE_ADDRESSES)]
+    message = wire.StorageChallenge(nonce_, addresses)
+    assert decode_frame(encode_frame(message)) == message
+    for bad in (
+        wire.StorageChallenge(nonce_, [*addresses, bytes(32)]),  # 65 addresses
+        wire.StorageChallenge(bytes(31), addresses[:1]),
+        wire.StorageChallenge(bytes(33), addresses[:1]),
+        wire.StorageChallenge(nonce_, []),
+        wire.StorageChallenge(nonce_, [bytes(31)]),
+    ):
+        with pytest.raises(WireError):
+            decode_frame(encode_frame(bad))
+
+
+def test_storage_answers_limits() -> None:
+    ok = wire.StorageAnswers([bytes(32), b"", b"\x00"])
+    assert decode_frame(encode_frame(ok)) == ok
+    assert decode_frame(encode_frame(wire.StorageAnswers([]))) == wire.StorageAnswers([])
+    for bad in (
+        wire.StorageAnswers([bytes(33)]),
+        wire.StorageAnswers([bytes(32)] * (wire.MAX_CHALLENGE_ADDRESSES + 1)),
+    ):
+        with pytest.raises(WireError):
+            decode_frame(encode_frame(bad))
+
+
+def test_nodes_without_shunned_still_decodes() -> None:
+    record = [bytes(32), ["/ip4/1.2.3.4/udp/1/quic-v1"]]
+    decoded = decode_frame(frame_of(msgspec.msgpack.encode(["nodes", [record]])))
+    assert isinstance(decoded, wire.Nodes)
+    assert decoded.shunned == []
+    assert decoded.peers == [wire.PeerRecord(bytes(32), ["/ip4/1.2.3.4/udp/1/quic-v1"])]
+    shunned = wire.Nodes([], [bytes([1]) * 32])
+    assert decode_frame(encode_frame(shunned)) == shunned
+
+
+def test_nodes_naming_too_many_shunned_is_a_wire_error() -> None:
+    too_many = [bytes([n]) * 32 for n in range(wire.MAX_SHUNNED_PER_REPLY + 1)]
+    with pytest.raises(WireError):
+        decode_frame(encode_frame(wire.Nodes([], too_many)))
