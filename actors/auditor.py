@@ -54,8 +54,9 @@ from protocol.audit import (
     judge,
     judge_error,
 )
+from protocol.errors import RemoteError
 from protocol.trust import PeerTrust, TrustBook, TrustEvent
-from protocol.wire import Error, Message, StorageAnswers, StorageChallenge
+from protocol.wire import Error, ErrorCode, Message, StorageAnswers, StorageChallenge
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +216,12 @@ class Auditor(NodeActor):
             report = judge(challenge, expected, reply.answers)
         elif isinstance(reply, Error):
             report = judge_error(challenge, reply.code)
+        elif (
+            isinstance(outcome.error, RemoteError) and outcome.error.code is not ErrorCode.INTERNAL
+        ):
+            # the Transport fails a request answered by a wire Error with RemoteError (an
+            # INTERNAL one may be a stream reset by a peer shutting down: no evidence)
+            report = judge_error(challenge, outcome.error.code)
         else:
             report = judge_error(challenge, None)
         self.planner.done(report, now)
@@ -267,7 +274,9 @@ class Auditor(NodeActor):
             "enabled": True,
             "interval": self.planner.interval,
             "sent": self.sent,
-            **self.counts,
+            # "refused" is the ChunkKeeper's (challenges it refused, by reason) in the same
+            # section of the node's status: the peers' refusals are "peer_refused"
+            **{("peer_refused" if k == "refused" else k): n for k, n in self.counts.items()},
             "missing": self.missing,
             "possession_checks": self.possession_checks,
             "waiting": self.planner.waiting,
