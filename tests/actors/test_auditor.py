@@ -6,15 +6,28 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pykka
 import pytest
 
+from actors.auditor import Auditor
 from actors.futures import NotifyingFuture
-from actors.messages import PeerMisbehaved, RoutingSnapshot, StoreChunk
+from actors.messages import (
+    ExpectProofs,
+    HeldChunks,
+    OfferChunks,
+    PeerMisbehaved,
+    RoutingChanged,
+    RoutingSnapshot,
+    StatusQuery,
+    StoreChunk,
+    Tick,
+)
 from actors.node import Node, NodeConfig
 from persistence.chunk_files import ChunkFiles
 from protocol.audit import MISSING, Refusal, storage_proof
@@ -88,7 +101,10 @@ def _audits(node: Node) -> dict[str, Any]:
 
 
 def _routing_ids(node: Node) -> set[bytes]:
-    return {peer for peer, _ in node.refs["BucketManager"].ask(RoutingSnapshot(), timeout=5)}
+    snapshot: list[tuple[bytes, Any]] = node.refs["BucketManager"].ask(
+        RoutingSnapshot(), block=True, timeout=5
+    )
+    return {peer for peer, _ in snapshot}
 
 
 class Net:
@@ -250,6 +266,117 @@ def test_a_deleted_chunk_is_answered_missing_and_fetched_again(net: Net) -> None
     assert reply == StorageAnswers(
         [storage_proof(nonce, _id(victim), address, net.contents[address])]
     )
+
+
+# --- the Auditor alone: what each kind of answer means ------------------------------------
+
+
+class _Keeper(pykka.ThreadingActor):
+    """Holds one chunk; computes the proofs a peer should give for it."""
+
+    def __init__(self, content: bytes) -> None:
+        super().__init__()
+        self.content = content
+        self.address = chunk_address(content)
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, HeldChunks) and message.reply is not None:
+            message.reply([self.address])
+        elif isinstance(message, ExpectProofs):
+            message.reply(
+                {
+                    a: storage_proof(message.nonce, message.peer, a, self.content)
+                    for a in message.addresses
+                    if a == self.address
+                }
+            )
+        return None
+
+
+class _ScriptedRemote:
+    """Answers each challenge with the next scripted reply (a message, or an exception)."""
+
+    def __init__(self, script: list[Callable[[StorageChallenge], Message | Exception]]) -> None:
+        self.script = script
+        self.sent: list[StorageChallenge] = []
+
+    def request(
+        self, peer_id: bytes, message: Message, timeout: float | None = None, addrs: Any = ()
+    ) -> pykka.Future[Message]:
+        assert isinstance(message, StorageChallenge)
+        self.sent.append(message)
+        future: NotifyingFuture[Message] = NotifyingFuture()
+        reply = self.script.pop(0)(message) if self.script else None
+        if isinstance(reply, Exception):
+            try:
+                raise reply
+            except Exception:
+                future.set_exception(sys.exc_info())
+        elif reply is not None:
+            future.set(reply)
+        return future  # no script left: never answered
+
+    def dial(self, addr: str, expected_peer_id: bytes | None = None, timeout: Any = None) -> Any:
+        raise AssertionError("the Auditor dials nobody")
+
+
+def test_the_auditor_judges_proofs_refusals_busy_and_missing() -> None:
+    own, peer = bytes([1]) * 32, bytes([2]) * 32
+    keeper = _Keeper.start(os.urandom(500))
+    content = keeper.proxy().content.get()
+
+    def honest(c: StorageChallenge) -> Message:
+        return StorageAnswers([storage_proof(c.nonce, peer, a, content) for a in c.addresses])
+
+    script: list[Callable[[StorageChallenge], Message | Exception]] = [
+        honest,
+        lambda _c: RemoteError(ErrorCode.BUSY, "later"),
+        lambda _c: RemoteError(ErrorCode.INTERNAL, "stream reset"),
+        lambda _c: RemoteError(ErrorCode.REPLAYED, "refused"),
+        lambda c: StorageAnswers([MISSING] * len(c.addresses)),
+    ]
+    remote = _ScriptedRemote(script)
+    offers: list[OfferChunks] = []
+    ref = Auditor.start(
+        own,
+        remote,
+        keeper,
+        None,
+        on_shun=lambda _m: None,
+        on_offer=offers.append,
+        interval=0.05,
+        grace=0.0,
+    )
+    try:
+        ref.tell(RoutingChanged((peer,), ()))
+
+        def status() -> dict[str, Any]:
+            ref.tell(Tick(time.time()))
+            result: dict[str, Any] = ref.ask(StatusQuery(), block=True, timeout=5)["audits"]
+            return result
+
+        outcomes = ("passed", "incomplete", "failed", "peer_refused", "unanswered")
+        judged: list[dict[str, Any]] = []
+
+        def five_judged() -> bool:
+            judged.append(status())
+            return sum(judged[-1][o] for o in outcomes) >= 5
+
+        _wait(five_judged, 20.0, "5 audits judged")
+        audits = judged[-1]
+        assert audits["passed"] == 1
+        assert audits["unanswered"] == 2, "busy or reset: no evidence"
+        assert audits["peer_refused"] == 1, "a refusal sent as a wire Error counts"
+        assert audits["incomplete"] == 1 and audits["missing"] == 1
+        assert offers == [OfferChunks(peer, (keeper.proxy().address.get(),))]
+        trust = audits["trust"][peer.hex()]
+        assert (trust["passed"], trust["failed"]) == (1, 1)
+        assert trust["score"] < 0
+        assert all(len(c.nonce) == 32 for c in remote.sent)
+        assert len({c.nonce for c in remote.sent}) == len(remote.sent), "fresh nonces"
+    finally:
+        ref.stop()
+        keeper.stop()
 
 
 # --- shunning ------------------------------------------------------------------------------
