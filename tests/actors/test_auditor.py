@@ -360,7 +360,8 @@ def test_the_auditor_judges_proofs_refusals_busy_and_missing() -> None:
 
         def five_judged() -> bool:
             judged.append(status())
-            return sum(judged[-1][o] for o in outcomes) >= 5
+            total: int = sum(judged[-1][o] for o in outcomes)
+            return total >= 5
 
         _wait(five_judged, 20.0, "5 audits judged")
         audits = judged[-1]
