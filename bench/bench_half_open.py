@@ -1,7 +1,7 @@
 """A flood of half-open QUIC connections against one node, on loopback.
 
     .venv/bin/python -m bench.bench_half_open [--count 1000] [--hold 15] [--stack qh3]
-                                              [--node-root DIR]
+                                              [--sources 1] [--node-root DIR]
 
 Three processes: the measured node (a Transport and a Handshake actor serving one
 1 KiB chunk from memory), a flooder and this one (an honest client). The flooder
@@ -14,6 +14,9 @@ the node's 10 s handshake deadline) before it closes them. Prints:
 - honest 1 KiB GetChunk p50/p95 on a warm connection, before and during the flood;
 - a fresh dial + Ping from another source address (127.0.0.2) during the flood;
 - the node's half-open counters (when it has them).
+
+``--sources N`` spreads the flood over N source addresses (127.0.1.1, 127.0.1.2, ...):
+the node's total cap and its Retry come into play.
 
 ``--node-root DIR`` runs the node from another checkout (e.g. a worktree of an older
 commit) while the flooder and the client come from this one: figures before and after
@@ -29,12 +32,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, and its tests/
 
 from bench._timing import percentiles
 from protocol.wire import Chunk, GetChunk, Ping, Pong
+from tests.actors.quic_tools import RawConn
 from tests.actors.transport_nodes import LiveNode, start_node
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,28 +79,36 @@ def rss_mb(pid: int) -> float:
 # -- child: the flooder ------------------------------------------------------------------
 
 
-def flood(target: str, count: int, hold: float, stack: str) -> None:
+def flood(target: str, count: int, hold: float, stack: str, sources: int) -> None:
     """Child mode: ``count`` connections that never start the identity handshake."""
     from tests.actors.quic_tools import RawEndpoint
 
     host, port = target.rsplit(":", 1)
     addr = (host, int(port))
-    raw = RawEndpoint(stack, host="127.0.0.1")  # type: ignore[arg-type]
+    hosts = ["127.0.0.1"] if sources == 1 else [f"127.0.1.{1 + i}" for i in range(sources)]
+    raws = [RawEndpoint(stack, host=h) for h in hosts]  # type: ignore[arg-type]
     print("FLOODING", flush=True)
     started = time.monotonic()
     batch = 50
-    for _ in range(0, count, batch):
-        raw.open_many(addr, batch)
+    for i in range(0, count, batch):
+        size = min(batch, count - i)
+        for j in range(size):
+            raws[(i + j) % len(raws)].open(addr)
         time.sleep(0.01)
     opened = time.monotonic() - started
+
+    def tally(predicate: Callable[[RawConn], bool]) -> int:
+        return sum(raw.count(predicate) for raw in raws)
+
     peak_tls = 0
     while time.monotonic() - started < hold:
         time.sleep(0.5)
-        live = raw.count(lambda c: c.tls_done.is_set() and not c.closed.is_set())
+        live = tally(lambda c: c.tls_done.is_set() and not c.closed.is_set())
         peak_tls = max(peak_tls, live)
-    tls_done = raw.count(lambda c: c.tls_done.is_set())
-    closed_by_node = raw.count(lambda c: c.tls_done.is_set() and c.closed.is_set())
-    raw.close()
+    tls_done = tally(lambda c: c.tls_done.is_set())
+    closed_by_node = tally(lambda c: c.tls_done.is_set() and c.closed.is_set())
+    for raw in raws:
+        raw.close()
     print(
         "FLOODED",
         json.dumps(
@@ -154,11 +167,12 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--hold", type=float, default=15.0)
     parser.add_argument("--stack", default="qh3", choices=("qh3", "aioquic"))
+    parser.add_argument("--sources", type=int, default=1)
     parser.add_argument("--node-root", type=Path, default=ROOT)
     parser.add_argument("--flood", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.flood:
-        flood(args.flood, args.count, args.hold, args.stack)
+        flood(args.flood, args.count, args.hold, args.stack, args.sources)
         return
 
     node_root = args.node_root.resolve()
@@ -206,6 +220,8 @@ def main() -> None:
                 str(args.hold),
                 "--stack",
                 args.stack,
+                "--sources",
+                str(args.sources),
             ],
             cwd=ROOT,
             stdout=subprocess.PIPE,
@@ -251,8 +267,10 @@ def main() -> None:
 
     b50, b95 = percentiles(before)
     d50, d95 = percentiles(during) if during else (float("nan"), float("nan"))
+    where = "127.0.0.1" if args.sources == 1 else f"{args.sources} addresses 127.0.1.x"
     print(
-        f"node: {node_root} ({args.stack}); flood: {args.count} half-open connections from 127.0.0.1, held {args.hold:.0f} s"
+        f"node: {node_root} ({args.stack}); flood: {args.count} half-open connections"
+        f" from {where}, held {args.hold:.0f} s"
     )
     print(f"RSS before the flood          {rss_before:8.1f} MB")
     print(f"RSS at peak during the flood  {peak[0]:8.1f} MB")
@@ -261,8 +279,9 @@ def main() -> None:
     print(f"RSS growth after              {rss_after - rss_before:+8.1f} MB")
     print(
         f"flood connections: {flood_figures.get('tls_done', '?')} finished TLS "
-        f"(at most {flood_figures.get('peak_tls_open', '?')} open at once), "
-        f"{flood_figures.get('closed_by_node', '?')} closed by the node; "
+        f"(at most {flood_figures.get('peak_tls_open', '?')} seen open at once), "
+        f"{flood_figures.get('closed_by_node', '?')} seen closed by the node "
+        "(the flooder sees a close after its draining period); "
         f"all {args.count} started in {flood_figures.get('open_seconds', '?')} s"
     )
     print(

@@ -15,6 +15,12 @@ handshake over the first unidirectional stream of each side. Until it accepts th
 peer, request streams from it are held. After, each bidirectional stream carries one
 request frame and one reply frame. The endpoint answers ``Ping`` itself; every other
 request goes to ``dispatch``.
+
+Work for peers that proved nothing yet is bounded (``actors._quic.admission``): inbound
+connections not through the identity handshake are capped per source IP and in all
+(a client Initial over a cap is dropped unread), each must finish within
+``handshake_timeout``, and under pressure a client gets a stateless QUIC Retry before
+any connection state.
 """
 
 from __future__ import annotations

@@ -227,7 +227,7 @@ def test_many_sources_are_capped_in_total_and_validated_by_retry(
     # real clients answer the Retry and get in, up to the total
     assert wait_until(lambda: sum(live_tls(f) for f in floods) == total, timeout=10)
     stats = b.handle.stats()
-    assert stats.half_open == stats.half_open_peak == total
+    assert stats.half_open <= stats.half_open_peak == total
     assert stats.retries_sent > 0
     assert stats.half_open_refused > 0
     assert all(live_tls(f) <= 4 for f in floods)
