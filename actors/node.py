@@ -8,6 +8,7 @@ running node.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -93,6 +94,9 @@ QuicStack = Literal["qh3", "aioquic"]
 PUBLIC_LOG_BLOCK_RANGE = 10_000
 """Blocks per ``eth_getLogs`` query on a public chain (public RPCs limit the range)."""
 DEFAULT_MAX_STORAGE = 10 * 1024**3
+LOCAL_HALF_OPEN_PER_SOURCE = 256
+"""Half-open connections one address may hold in ``--local`` mode (every peer of a
+loopback testnet shares one address)."""
 
 
 @dataclass(frozen=True)
@@ -214,17 +218,22 @@ class Node:
             payments=keeper_payments,
         )
         handshake = self._spawn(Handshake, self.identity)
+        transport_config = TransportConfig(
+            host=self.config.host,
+            port=self.config.port,
+            quic=self.config.quic,
+            punch_ttl=self.config.punch_ttl,
+            relay_limits=self.config.relay_limits,
+        )
+        if self.config.local:  # a loopback testnet: every peer comes from 127.0.0.1
+            transport_config = dataclasses.replace(
+                transport_config, half_open_per_source=LOCAL_HALF_OPEN_PER_SOURCE
+            )
         transport = self._spawn(
             Transport,
             self.identity,
             handshake,
-            TransportConfig(
-                host=self.config.host,
-                port=self.config.port,
-                quic=self.config.quic,
-                punch_ttl=self.config.punch_ttl,
-                relay_limits=self.config.relay_limits,
-            ),
+            transport_config,
             dispatch=self._dispatch,
             on_peer_connected=self._tell("BucketManager"),
             on_peer_disconnected=self._tell("NatTraverser"),
