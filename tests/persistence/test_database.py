@@ -5,24 +5,31 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import threading
 import warnings
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import persistence.database
 from persistence.database import (
     DATABASE_FILENAME,
+    HEAD_SCHEMA_FILE,
     ChunkRecord,
     ChunkTotals,
     Database,
     StoredPeer,
+    alembic_config,
     create_sqlite_engine,
     database_path,
+    dump_schema,
     head_revision,
     open_database,
 )
@@ -74,8 +81,62 @@ def test_data_survives_closing_and_reopening(tmp_path: Path) -> None:
         assert db.schema_revision() == head_revision()
 
 
-def test_the_models_match_what_the_migrations_build(database: Database) -> None:
-    engine = create_sqlite_engine(database.path)
+def migrated_with_alembic(root_dir: Path) -> Path:
+    """``alembic upgrade head`` on a new database in ``root_dir``; returns its path."""
+    path = database_path(root_dir)
+    engine = create_sqlite_engine(path)
+    try:
+        with engine.connect().execution_options(sqlite_begin="IMMEDIATE") as connection:
+            command.upgrade(alembic_config(connection), "head")
+    finally:
+        engine.dispose()
+    return path
+
+
+def test_the_schema_snapshot_is_what_the_migrations_build(tmp_path: Path) -> None:
+    built = dump_schema(migrated_with_alembic(tmp_path))
+    if os.environ.get("UPDATE_SCHEMA_SNAPSHOT"):
+        HEAD_SCHEMA_FILE.write_text(built, encoding="utf-8")
+    assert HEAD_SCHEMA_FILE.read_text(encoding="utf-8") == built, (
+        "migrations/head_schema.sql is stale: rewrite it with "
+        "UPDATE_SCHEMA_SNAPSHOT=1 pytest tests/persistence/test_database.py -k snapshot"
+    )
+
+
+def test_a_new_database_is_built_from_the_snapshot_without_loading_alembic(
+    tmp_path: Path,
+) -> None:
+    probe = (
+        "import sys; from pathlib import Path; from persistence.database import open_database; "
+        f"open_database(Path({str(tmp_path)!r})).close(); print('alembic' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+    migrated = tmp_path / "migrated"
+    migrated.mkdir()
+    assert dump_schema(database_path(tmp_path)) == dump_schema(migrated_with_alembic(migrated))
+
+
+@pytest.mark.parametrize("snapshot", ["missing", "stale"])
+def test_without_a_usable_snapshot_a_new_database_is_migrated_by_alembic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, snapshot: str
+) -> None:
+    replacement = tmp_path / "head_schema.sql"
+    if snapshot == "stale":  # a migration was added and the snapshot not rewritten
+        text = HEAD_SCHEMA_FILE.read_text(encoding="utf-8")
+        replacement.write_text(text.replace(head_revision(), "0000_older"), encoding="utf-8")
+    monkeypatch.setattr(persistence.database, "HEAD_SCHEMA_FILE", replacement)
+    root = tmp_path / "node"
+    root.mkdir()
+    with open_database(root) as db:
+        assert db.schema_revision() == head_revision()
+    migrated = tmp_path / "migrated"
+    migrated.mkdir()
+    assert dump_schema(database_path(root)) == dump_schema(migrated_with_alembic(migrated))
+
+
+def test_the_models_match_what_the_migrations_build(tmp_path: Path) -> None:
+    engine = create_sqlite_engine(migrated_with_alembic(tmp_path))
     try:
         with engine.connect() as connection, warnings.catch_warnings():
             # SQLite cannot reflect the expression index; it is checked below instead.
