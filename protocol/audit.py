@@ -65,6 +65,10 @@ DECLINED: Final = b"\x00"
 PLAUSIBLE_DECLINE_RANK: Final = CLOSE_GROUP_SIZE - 1
 """A peer may decline an address only if the auditor ranks it this far or farther
 (0 = closest): routing tables disagree by a place, rarely by the whole margin."""
+CHALLENGED_PER_SECOND: Final = 16.0
+"""Addresses this node challenges per second at most, on average (each costs it a read and
+a hash of its own copy, and the same at the peer); ``CHALLENGE_BURST`` at once."""
+CHALLENGE_BURST: Final = 4 * MAX_CHALLENGE_ADDRESSES
 MAX_BACKLOG_PER_PEER: Final = 4 * MAX_CHALLENGE_ADDRESSES
 """Possession checks waiting for one peer; past it, a random few are dropped (the
 periodic audits still sample every shared chunk)."""
@@ -219,8 +223,11 @@ class AuditPlanner:
         grace: float | None = None,
         rng: random.Random | None = None,
         make_nonce: Callable[[], bytes] = lambda: secrets.token_bytes(CHALLENGE_NONCE_BYTES),
+        addresses_per_second: float = CHALLENGED_PER_SECOND,
     ) -> None:
         self.own_id = own_id
+        self._budget = TokenBucket(addresses_per_second, CHALLENGE_BURST)
+        """Addresses this node may still challenge: the auditor's side of the cost bound."""
         self.interval = interval
         self.possession_delay = (
             min(POSSESSION_DELAY, interval) if possession_delay is None else possession_delay
@@ -268,7 +275,9 @@ class AuditPlanner:
         return len(self._stored) + sum(len(b) for b in self._backlog.values())
 
     def wants_held(self, now: float) -> bool:
-        """Something is due: call ``plan`` (with the held chunks) now."""
+        """Something is due (and within the budget): call ``plan`` (with the held chunks)."""
+        if self._budget.available(now) < 1:
+            return False
         if any(due <= now for due in self._stored.values()):
             return True
         if any(self._backlog.values()) or any(
@@ -286,19 +295,26 @@ class AuditPlanner:
         ready = {p for p in known if self._ready(p, now)}
         challenges: list[Challenge] = []
         for peer in sorted(ready):  # possession checks (and owed chunks) first
-            addresses = self._take_backlog(peer, now)
+            room = int(min(self._budget.available(now), MAX_CHALLENGE_ADDRESSES))
+            if room < 1:
+                break
+            addresses = self._take_backlog(peer, now, room)
             if addresses:
+                self._budget.take(len(addresses), now)
                 challenges.append(self._challenge(peer, addresses, ChallengeKind.POSSESSION, known))
         ready -= {c.peer for c in challenges}
         due = [p for p in ready if self._next_audit.get(p, float("inf")) <= now]
         if due:
             shared = offers(held, self.own_id, known, only_to=due)
             for peer in due:
-                self._next_audit[peer] = now + self.interval * self.rng.uniform(0.5, 1.5)
                 mine = shared.get(peer, [])
+                count = sample_size(len(mine))
+                if count and not self._budget.take(count, now):
+                    continue  # over the budget: still due, audited on a later plan
+                self._next_audit[peer] = now + self.interval * self.rng.uniform(0.5, 1.5)
                 if not mine:
                     continue
-                sample = self.rng.sample(mine, sample_size(len(mine)))
+                sample = self.rng.sample(mine, count)
                 challenges.append(self._challenge(peer, sample, ChallengeKind.AUDIT, known))
         return challenges
 
@@ -342,12 +358,12 @@ class AuditPlanner:
         """This node is the closest of the chunk's close group: it checks the others."""
         return closest(address, [self.own_id, *known], 1) == [self.own_id]
 
-    def _take_backlog(self, peer: bytes, now: float) -> list[bytes]:
-        """Up to a challenge's worth of the peer's due possession checks, owed chunks first."""
+    def _take_backlog(self, peer: bytes, now: float, limit: int) -> list[bytes]:
+        """Up to ``limit`` of the peer's due possession checks, owed chunks first."""
         owed = self._owed.get(peer, {})
-        picked = [a for a, due in owed.items() if due <= now][:MAX_CHALLENGE_ADDRESSES]
+        picked = [a for a, due in owed.items() if due <= now][:limit]
         backlog = self._backlog.get(peer, set())
-        room = MAX_CHALLENGE_ADDRESSES - len(picked)
+        room = limit - len(picked)
         if backlog and room > 0:
             chosen = self.rng.sample(sorted(backlog), min(room, len(backlog)))
             backlog.difference_update(chosen)

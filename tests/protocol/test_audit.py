@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol.audit import (
+    CHALLENGE_BURST,
     DECLINED,
     MAX_BACKLOG_PER_PEER,
     MISSING,
@@ -588,3 +589,39 @@ def test_answer_proves_held_marks_missing_and_declines_the_rest() -> None:
     assert judge(c, expected_for(c), answer(NONCE, OWN, [held], contents.get, ())).outcome is (
         AuditOutcome.PASSED
     )
+
+
+def test_the_auditor_challenges_within_its_own_budget() -> None:
+    """Many peers due at once with large samples: at most the burst goes out at once, the
+    rest waits (still due) and goes out as the budget refills; nothing is skipped."""
+    peers = [RNG.randbytes(32) for _ in range(40)]
+    held = held_addresses(4000, seed=3)
+    shared = offers(held, OWN, peers)
+    p = AuditPlanner(
+        OWN,
+        interval=1000.0,
+        grace=0.0,
+        rng=random.Random(2),
+        make_nonce=nonces(),
+        addresses_per_second=10.0,
+    )
+    for peer in peers:
+        p.peer_joined(peer, 0.0)
+    first = p.plan(1000.0, held, peers)
+    assert sum(len(c.addresses) for c in first) <= CHALLENGE_BURST
+    wanted = sum(sample_size(len(a)) for a in shared.values())
+    assert wanted > CHALLENGE_BURST, "the test needs more than one burst"
+    audited = {c.peer for c in first}
+    for c in first:
+        p.done(AuditReport(c.peer, c.kind, AuditOutcome.PASSED), 1000.0)
+    now, sent = 1000.0, sum(len(c.addresses) for c in first)
+    while now < 1000.0 + 200.0:
+        now += 1.0
+        if not p.wants_held(now):
+            continue
+        for c in p.plan(now, held, peers):
+            audited.add(c.peer)
+            sent += len(c.addresses)
+            p.done(AuditReport(c.peer, c.kind, AuditOutcome.PASSED), now)
+        assert sent <= CHALLENGE_BURST + 10.0 * (now - 1000.0)
+    assert audited == set(shared), "every due peer was audited once the budget allowed"
