@@ -69,6 +69,7 @@ from protocol.wire import (
     RelayIncoming,
     RelayReserve,
     StorageChallenge,
+    is_reply_to,
 )
 from protocol.xor import from_hex
 
@@ -149,6 +150,23 @@ class NodeConfig:
     control_socket: bool = True
     identity: Identity | None = field(default=None, repr=False)
     """Use this identity instead of the root dir's key file (tests)."""
+
+
+def _checked_reply(request: InboundRequest) -> Callable[[Message], None]:
+    """``request.reply``, letting through only a reply ``protocol.wire.REPLIES`` declares
+    (anything else is a bug of this node: the peer gets an internal error)."""
+
+    def reply(message: Message) -> None:
+        if not is_reply_to(request.message, message):
+            log.error(
+                "%s was answered with %s, not a declared reply",
+                type(request.message).__name__,
+                type(message).__name__,
+            )
+            message = Error(ErrorCode.INTERNAL, "the node answered with the wrong message")
+        request.reply(message)
+
+    return reply
 
 
 def _record_time(times: dict[int, float], key: int, _outcome: object) -> None:
@@ -350,7 +368,7 @@ class Node:
             )
             return
         try:
-            ref.tell(request)
+            ref.tell(InboundRequest(request.peer_id, request.message, _checked_reply(request)))
         except pykka.ActorDeadError:
             request.reply(Error(ErrorCode.BUSY, "the node is stopping"))
 

@@ -359,6 +359,30 @@ Message = (
 )
 """Every message that can travel in a frame (``Hello``/``Proof`` only on handshake streams)."""
 
+REPLIES: Final[dict[type[_Message], tuple[type[_Message], ...]]] = {
+    Ping: (Pong,),
+    FindNode: (Nodes,),
+    PutChunk: (PutAck,),
+    GetChunk: (Chunk, NotFound),
+    GetQuote: (QuoteReply,),
+    Offer: (OfferAck,),
+    StorageChallenge: (StorageAnswers,),
+    DialBack: (Ok,),
+    PunchRequest: (PunchReply,),
+    PunchNotify: (Ok,),
+    RelayReserve: (RelayReserved,),
+    RelayConnect: (RelayCircuit,),
+    RelayIncoming: (Ok,),
+    Announce: (Ok,),
+}
+"""What each request may be answered with, besides ``Error`` (declared here only)."""
+
+
+def is_reply_to(request: Message, reply: Message) -> bool:
+    """True if ``reply`` is an answer ``request`` may get: its declared reply, or ``Error``."""
+    return isinstance(reply, (Error, *REPLIES.get(type(request), ())))
+
+
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)
 

@@ -131,3 +131,10 @@ def test_restored_peers_keep_their_ip_and_its_limits(tmp_path: Path) -> None:
         assert node.status()["routing_table_restored"] == 2
     finally:
         node.stop()
+
+
+def test_every_request_a_node_serves_has_its_replies_declared() -> None:
+    from actors.node import _SERVED_BY
+    from protocol.wire import REPLIES
+
+    assert set(_SERVED_BY) <= set(REPLIES)

@@ -183,3 +183,13 @@ def test_nodes_naming_too_many_shunned_is_a_wire_error() -> None:
     too_many = [bytes([n]) * 32 for n in range(wire.MAX_SHUNNED_PER_REPLY + 1)]
     with pytest.raises(WireError):
         decode_frame(encode_frame(wire.Nodes([], too_many)))
+
+
+def test_replies_are_declared_once_per_request() -> None:
+    from protocol.wire import REPLIES, is_reply_to
+
+    assert wire.Ping in REPLIES
+    assert is_reply_to(wire.Ping(1), wire.Pong(1))
+    assert is_reply_to(wire.Ping(1), wire.Error(wire.ErrorCode.BUSY))
+    assert not is_reply_to(wire.Ping(1), wire.Ok())
+    assert not is_reply_to(wire.Ok(), wire.Ok()), "what is no request has no reply"
