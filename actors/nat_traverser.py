@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Final, TypedDict
 
-from actors._quic.endpoint import CascadeSink, ControlSink
 from actors.base import NodeActor
 from actors.futures import Outcome, tell_when_done
 from actors.messages import (
@@ -43,8 +42,8 @@ from actors.messages import (
     StatusQuery,
     Tick,
 )
-from actors.transport import TransportHandle
-from protocol.errors import PeerUnreachable
+from actors.transport import CascadeSink, ControlSink, TransportHandle
+from protocol.errors import PeerUnreachable, TransportError
 from protocol.multiaddr import (
     Multiaddr,
     MultiaddrError,
@@ -267,7 +266,10 @@ class NatTraverser(NodeActor):
         relay = self.relays.relay
         status["relay"] = None if relay is None else relay.hex()
         status["announced_addrs"] = self.transport.announced_addrs()
-        status["relaying"] = self.transport.relay_status()
+        try:
+            status["relaying"] = self.transport.relay_status()
+        except TransportError as exc:
+            status["relaying"] = {"error": f"{type(exc).__name__}: {exc}"}
         status["cascades"] = dict(self.figures)
         return status
 
@@ -276,6 +278,12 @@ class NatTraverser(NodeActor):
     def _tick(self, now: float) -> None:
         if not self.config.announce:
             return
+        try:
+            self._check_reachability(now)
+        except TransportError as exc:  # the next tick tries again
+            log.info("reachability check skipped: %s: %s", type(exc).__name__, exc)
+
+    def _check_reachability(self, now: float) -> None:
         if self.check.expire(now):
             self._reachability_changed()
         if self.config.reachability is None and self.check.due(now):
@@ -322,7 +330,11 @@ class NatTraverser(NodeActor):
         """Announce the circuit address (behind NAT, with a relay) or the listen addresses."""
         relay = self.relays.relay
         if relay is not None:
-            address = self.transport.peer_address(relay)
+            try:
+                address = self.transport.peer_address(relay)
+            except TransportError as exc:
+                log.warning("circuit address not announced: %s: %s", type(exc).__name__, exc)
+                return
             if address is None:
                 return
             circuit = Multiaddr(address[0], address[1], self.own_id, relay_id=relay)
@@ -351,7 +363,15 @@ class NatTraverser(NodeActor):
                     job.waiters.append(on_done)
                 job.transport_waits |= from_transport
                 return
-        if not from_transport and self._connected(peer_id):
+        try:
+            connected = not from_transport and self._connected(peer_id)
+        except TransportError as exc:
+            job = _Job(next(self._job_ids), peer_id, DialCascade([], [], now), now, from_transport)
+            if on_done is not None:
+                job.waiters.append(on_done)
+            self._finish(job, None, f"{type(exc).__name__}: {exc}")
+            return
+        if connected:
             cascade = DialCascade([], [], now)
             job = _Job(next(self._job_ids), peer_id, cascade, now, from_transport)
             if on_done is not None:
@@ -451,9 +471,11 @@ class NatTraverser(NodeActor):
     def _measure_rtt(self, job: _Job, how: str | None) -> None:
         connect_ms = round((time.monotonic() - job.started) * 1000.0, 3)
         # the connection the peer has now says how (another route may have won meanwhile)
-        how = next(
-            (c.how for c in self.transport.connections() if c.peer_id == job.peer_id.hex()), how
-        )
+        try:
+            connections = self.transport.connections()
+        except TransportError:
+            connections = []  # unknown now: the step that connected says how
+        how = next((c.how for c in connections if c.peer_id == job.peer_id.hex()), how)
         result = CascadeResult(
             job.peer_id.hex(), True, how, connect_ms, None, list(job.cascade.attempts)
         )
@@ -531,7 +553,11 @@ class NatTraverser(NodeActor):
                 if not self.config.serve_relay or self.nat.reachability is not Reachability.PUBLIC:
                     request.reply(Error(ErrorCode.REFUSED, "this node is not a public relay"))
                     return
-                granted = self.transport.relay_reserve(peer_id)
+                try:
+                    granted = self.transport.relay_reserve(peer_id)
+                except TransportError as exc:
+                    request.reply(Error(ErrorCode.BUSY, str(exc)))
+                    return
                 if isinstance(granted, Refused):
                     request.reply(Error(ErrorCode.REFUSED, granted.reason))
                     return
@@ -550,7 +576,11 @@ class NatTraverser(NodeActor):
 
     def _dial_back(self, request: InboundRequest, nonce: bytes, now: float) -> None:
         peer_id = request.peer_id
-        address = self.transport.peer_address(peer_id)
+        try:
+            address = self.transport.peer_address(peer_id)
+        except TransportError as exc:
+            request.reply(Error(ErrorCode.BUSY, str(exc)))
+            return
         if address is None:
             request.reply(Error(ErrorCode.UNREACHABLE, "not connected to you directly"))
             return
@@ -571,7 +601,11 @@ class NatTraverser(NodeActor):
         request.reply(Ok())
 
     def _open_circuit(self, request: InboundRequest, target: bytes) -> None:
-        circuit = self.transport.relay_open(request.peer_id, target)
+        try:
+            circuit = self.transport.relay_open(request.peer_id, target)
+        except TransportError as exc:
+            request.reply(Error(ErrorCode.BUSY, str(exc)))
+            return
         if isinstance(circuit, Refused):
             request.reply(Error(ErrorCode.REFUSED, circuit.reason))
             return
@@ -582,8 +616,12 @@ class NatTraverser(NodeActor):
         tell_when_done(future, self.actor_ref, partial(_Forwarded, request, answer, circuit.id))
 
     def _coordinate(self, request: InboundRequest, target: bytes) -> None:
-        initiator_addr = self.transport.peer_address(request.peer_id)
-        target_addr = self.transport.peer_address(target)
+        try:
+            initiator_addr = self.transport.peer_address(request.peer_id)
+            target_addr = self.transport.peer_address(target)
+        except TransportError as exc:
+            request.reply(Error(ErrorCode.BUSY, str(exc)))
+            return
         if initiator_addr is None or target_addr is None:
             request.reply(Error(ErrorCode.UNREACHABLE, "not connected directly to both of you"))
             return

@@ -20,7 +20,6 @@ from typing import Any, Literal
 
 import pykka
 
-from actors._quic.endpoint import TransportConfig
 from actors.auditor import Auditor
 from actors.base import MailboxFigures, NodeActor
 from actors.bucket_manager import BucketManager
@@ -42,7 +41,7 @@ from actors.messages import (
 )
 from actors.nat_traverser import CascadeResult, NatConfig, NatTraverser, nat_hooks
 from actors.replicator import Replicator
-from actors.transport import Transport, TransportHandle
+from actors.transport import Transport, TransportConfig, TransportHandle
 from persistence.chunk_files import ChunkFiles
 from persistence.database import Database, open_database
 from persistence.root_dir import RootDirLock, prepare_root_dir

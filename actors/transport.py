@@ -37,6 +37,7 @@ from actors._quic.endpoint import (
     ControlSink,
     Dispatch,
     QuicEndpoint,
+    TransportBusy,
     TransportConfig,
     TransportStats,
 )
@@ -52,10 +53,13 @@ from protocol.wire import Error, ErrorCode, Message
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "CascadeSink",
     "ConnectionInfo",
+    "ControlSink",
     "Dial",
     "GetTransportHandle",
     "Transport",
+    "TransportBusy",
     "TransportConfig",
     "TransportHandle",
     "TransportStats",
@@ -77,7 +81,11 @@ class GetTransportHandle:
 
 
 class TransportHandle:
-    """Thread-safe remote calls and inspection; every method may be called from any thread."""
+    """Thread-safe remote calls and inspection; every method may be called from any thread.
+
+    The queries that must ask the loop (``connections``, ``stats``, ``peer_address``
+    and the ``relay_*`` calls) raise ``TransportBusy`` when it does not answer in time
+    and ``TransportClosed`` once it is stopped; ``connected_peers`` never waits."""
 
     def __init__(self, endpoint: QuicEndpoint) -> None:
         self._endpoint = endpoint

@@ -43,7 +43,7 @@ RETRY_CID_BYTES: Final = 8
 _NONCE_BYTES: Final = 12
 _ISSUED = struct.Struct("!Q")
 
-Address = tuple[str, int]
+SocketAddress = tuple[str, int]
 
 
 class Verdict(enum.Enum):
@@ -177,7 +177,9 @@ class RetryTokens:
         self._aead = AESGCM(key or AESGCM.generate_key(bit_length=128))
         self.lifetime = lifetime
 
-    def mint(self, addr: Address, original_dcid: bytes, retry_cid: bytes, now: float) -> bytes:
+    def mint(
+        self, addr: SocketAddress, original_dcid: bytes, retry_cid: bytes, now: float
+    ) -> bytes:
         plain = (
             _pack_address(addr)
             + bytes([len(original_dcid)])
@@ -188,7 +190,7 @@ class RetryTokens:
         return nonce + self._aead.encrypt(nonce, plain, retry_cid)
 
     def check(
-        self, addr: Address, destination_cid: bytes, token: bytes, now: float
+        self, addr: SocketAddress, destination_cid: bytes, token: bytes, now: float
     ) -> bytes | None:
         """The original destination connection ID sealed in ``token``, if the token is
         this node's, for this address and this connection ID (the Retry's), and fresh."""
@@ -213,5 +215,5 @@ class RetryTokens:
         return original
 
 
-def _pack_address(addr: Address) -> bytes:
+def _pack_address(addr: SocketAddress) -> bytes:
     return ipaddress.ip_address(addr[0]).packed + addr[1].to_bytes(2, "big")

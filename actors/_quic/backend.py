@@ -81,7 +81,7 @@ QH3_PMTU_PROBE_LIMIT: Final = 1472
 """The largest datagram qh3's client-side path MTU discovery goes up to (IPv4)."""
 _CURVE_GROUPS: Final = {"secp256r1": 0x0017, "secp384r1": 0x0018, "secp521r1": 0x0019}
 
-Address = tuple[str, int]
+SocketAddress = tuple[str, int]
 log = logging.getLogger("actors.transport")
 
 
@@ -223,14 +223,14 @@ class QuicConnectionAdapter:
         cid: bytes = self._conn.host_cid
         return cid
 
-    def connect(self, addr: Address, now: float) -> None:
+    def connect(self, addr: SocketAddress, now: float) -> None:
         self._conn.connect(addr, now=now)
         self._watch_server_hello()
 
-    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+    def receive_datagram(self, data: bytes, addr: SocketAddress, now: float) -> None:
         self._conn.receive_datagram(data, addr, now=now)
 
-    def receive_datagrams(self, datagrams: list[bytes], addr: Address, now: float) -> None:
+    def receive_datagrams(self, datagrams: list[bytes], addr: SocketAddress, now: float) -> None:
         """Several datagrams from one address, in order."""
         if len(datagrams) > 1 and self.backend.batch_receive:
             self._conn.receive_many_datagrams(datagrams, addr, now)
@@ -238,8 +238,8 @@ class QuicConnectionAdapter:
         for data in datagrams:
             self._conn.receive_datagram(data, addr, now=now)
 
-    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
-        datagrams: list[tuple[bytes, Address]] = self._conn.datagrams_to_send(now=now)
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, SocketAddress]]:
+        datagrams: list[tuple[bytes, SocketAddress]] = self._conn.datagrams_to_send(now=now)
         return datagrams
 
     def get_timer(self) -> float | None:

@@ -58,7 +58,6 @@ from actors._quic.backend import (
     CONNECTION_ID_BYTES,
     POST_QUANTUM_GROUPS,
     RELAYED_DATAGRAM_SIZE,
-    Address,
     ConnectionIdIssued,
     ConnectionIdRetired,
     DatagramReceived,
@@ -68,6 +67,7 @@ from actors._quic.backend import (
     QuicConnectionAdapter,
     QuicSettings,
     QuicStack,
+    SocketAddress,
     StopSending,
     StreamData,
     StreamReset,
@@ -165,11 +165,13 @@ VIRTUAL_NET: Final = "0."
 ever sent to one: ``_sendto`` hands them to the relay)."""
 EXPECTED_PUNCH_SECONDS: Final = 15.0
 MAX_RELAYED_PER_PEER: Final = 4
+CALL_TIMEOUT: Final = 2.0
+"""How long a thread waits for the loop to answer a query (``TransportBusy`` after)."""
 
 ConnState = Literal["quic", "identity", "ready", "closed"]
 EventSink = Callable[[PeerConnected | PeerDisconnected], None]
 Dispatch = Callable[[InboundRequest], None]
-ControlSink = Callable[[ControlKind, bytes, "Address"], None]
+ControlSink = Callable[[ControlKind, bytes, "SocketAddress"], None]
 """Receives control datagrams (a dial-back probe's nonce) on the loop thread."""
 CascadeSink = Callable[[bytes, list[str]], None]
 """Asked to reach a peer whose direct addresses failed, through its relayed addresses;
@@ -290,6 +292,11 @@ class TransportStats(msgspec.Struct):
     done within ``handshake_timeout``."""
 
 
+class TransportBusy(TransportError):
+    """The transport's loop did not answer a query in time (it is overloaded): the
+    answer is unknown, not a default."""
+
+
 # -- per-connection and per-request state (loop thread only) --------------------------
 
 
@@ -321,14 +328,14 @@ class _Conn:
     id: int
     quic: QuicConnectionAdapter
     role: Role
-    addr: Address
+    addr: SocketAddress
     created_at: float
     state: ConnState = "quic"
     draining: bool = False
     peer_id: bytes | None = None
     listen_addrs: tuple[str, ...] = ()
     expected_peer_id: bytes | None = None
-    dial_addr: Address | None = None
+    dial_addr: SocketAddress | None = None
     dial_futures: list[pykka.ThreadingFuture[bytes]] = field(default_factory=list)
     group: int | None = None
     instance: bytes = b""
@@ -382,7 +389,7 @@ class _Peer:
     conn: _Conn | None = None
     queue: collections.deque[_Outbound] = field(default_factory=collections.deque)
     in_flight: int = 0
-    addrs: list[Address] = field(default_factory=list)
+    addrs: list[SocketAddress] = field(default_factory=list)
     relayed: list[str] = field(default_factory=list)
     """Circuit multiaddrs of the peer (it is behind NAT and holds relay reservations)."""
     dialing: bool = False
@@ -451,23 +458,25 @@ class QuicEndpoint:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
-        self._local: Address = (config.host, config.port)
+        self._local: SocketAddress = (config.host, config.port)
         self._listen_addrs: tuple[str, ...] = ()
         self._announced: tuple[str, ...] | None = None
         # loop-thread state
         self.relay = RelayTable(config.relay_limits)
-        self._circuit_addr: dict[tuple[bytes, int], Address] = {}
-        self._circuit_of: dict[Address, tuple[bytes, int]] = {}
+        self._circuit_addr: dict[tuple[bytes, int], SocketAddress] = {}
+        self._circuit_of: dict[SocketAddress, tuple[bytes, int]] = {}
         self._virtual_ids = itertools.count(1)
-        self._expected_punches: dict[Address, float] = {}
+        self._expected_punches: dict[SocketAddress, float] = {}
         self._conns: dict[int, _Conn] = {}
         self._cids: dict[bytes, _Conn] = {}
         self._peers: dict[bytes, _Peer] = {}
+        self._connected: dict[bytes, None] = {}
+        """The peers with a connection, in order of connection (replaced, never changed)."""
         self._ids = itertools.count(1)
         self._ping_uids = itertools.count(1)
         self._dirty: dict[_Conn, None] = {}
         self._flush_scheduled = False
-        self._send_backlog: collections.deque[tuple[bytes, Address]] = collections.deque()
+        self._send_backlog: collections.deque[tuple[bytes, SocketAddress]] = collections.deque()
         self._lingering: dict[bytes, tuple[QuicConnectionAdapter, float]] = {}
         self._linger_timer: asyncio.TimerHandle | None = None
         self._admission = HalfOpenAdmission(
@@ -557,7 +566,7 @@ class QuicEndpoint:
     # -- public API (any thread) -------------------------------------------------------
 
     @property
-    def local_address(self) -> Address:
+    def local_address(self) -> SocketAddress:
         return self._local
 
     def listen_addrs(self) -> list[str]:
@@ -592,7 +601,7 @@ class QuicEndpoint:
 
     def dial(
         self,
-        addr: str | Multiaddr | Address,
+        addr: str | Multiaddr | SocketAddress,
         expected_peer_id: bytes | None = None,
         timeout: float | None = None,
         how: How = How.DIRECT,
@@ -616,15 +625,14 @@ class QuicEndpoint:
 
     def connections(self) -> list[ConnectionInfo]:
         """Every authenticated connection (for ``status``)."""
-        return self._call(self._connection_infos, [])
+        return self._call(self._connection_infos)
 
     def counters(self) -> TransportStats:
-        return self._call(lambda: msgspec.structs.replace(self.stats), TransportStats())
+        return self._call(lambda: msgspec.structs.replace(self.stats))
 
     def connected_peers(self) -> list[bytes]:
-        return self._call(
-            lambda: [p.peer_id for p in self._peers.values() if p.conn is not None], []
-        )
+        """The peers with a connection (a snapshot the loop keeps: never waits)."""
+        return list(self._connected)
 
     def disconnect(self, peer_id: bytes) -> None:
         """Close the connection to ``peer_id`` (if any)."""
@@ -641,23 +649,23 @@ class QuicEndpoint:
         """Announce ``addrs`` from now on (None: the listen addresses again)."""
         self._announced = None if addrs is None else tuple(addrs)
 
-    def peer_address(self, peer_id: bytes) -> Address | None:
+    def peer_address(self, peer_id: bytes) -> SocketAddress | None:
         """The UDP address this node sees the peer at (None if not connected directly)."""
 
-        def find() -> Address | None:
+        def find() -> SocketAddress | None:
             peer = self._peers.get(peer_id)
             conn = None if peer is None else peer.conn
             if conn is None or conn.state != "ready" or conn.circuit is not None:
                 return None
             return conn.addr
 
-        return self._call(find, None)
+        return self._call(find)
 
-    def send_openers(self, addr: Address, count: int = 3) -> None:
+    def send_openers(self, addr: SocketAddress, count: int = 3) -> None:
         """Open this side's NAT mapping toward ``addr`` with small-TTL datagrams."""
         self._post(self._send_openers, addr, count)
 
-    def expect_punch(self, addr: Address) -> None:
+    def expect_punch(self, addr: SocketAddress) -> None:
         """A connection arriving from ``addr`` soon is a punched one (for ``how``)."""
         self._post(self._expect_punch, addr)
 
@@ -685,8 +693,7 @@ class QuicEndpoint:
 
     def relay_reserve(self, client: bytes) -> Reservation | Refused:
         now = time.monotonic()
-        closed: Reservation | Refused = Refused("the transport is closed")
-        return self._call(lambda: self.relay.reserve(client, now), closed)
+        return self._call(lambda: self.relay.reserve(client, now))
 
     def relay_open(self, initiator: bytes, target: bytes) -> Circuit | Refused:
         now = time.monotonic()
@@ -697,15 +704,14 @@ class QuicEndpoint:
                 return Refused("the peer is not connected to this relay")
             return self.relay.open(initiator, target, now)
 
-        closed: Circuit | Refused = Refused("the transport is closed")
-        return self._call(open_circuit, closed)
+        return self._call(open_circuit)
 
     def relay_close(self, circuit_id: int) -> None:
         self._post(self.relay.close, circuit_id)
 
     def relay_status(self) -> dict[str, object]:
         now = time.monotonic()
-        return self._call(lambda: self.relay.status(now), {})
+        return self._call(lambda: self.relay.status(now))
 
     # -- HandshakeSink (called from the Handshake actor's thread) ---------------------
 
@@ -728,8 +734,11 @@ class QuicEndpoint:
             return False
         return True
 
-    def _call(self, function: Callable[[], _T], default: _T, timeout: float = 2.0) -> _T:
-        """Run ``function`` on the loop and wait for its result (never from the loop)."""
+    def _call(self, function: Callable[[], _T], timeout: float = CALL_TIMEOUT) -> _T:
+        """Run ``function`` on the loop and wait for its result (never from the loop).
+
+        Raises ``TransportClosed`` if the loop is gone and ``TransportBusy`` if it did
+        not run ``function`` within ``timeout``: never a made-up default."""
         if self._thread is threading.current_thread():
             return function()
         result: concurrent.futures.Future[_T] = concurrent.futures.Future()
@@ -741,11 +750,11 @@ class QuicEndpoint:
                 result.set_exception(exc)
 
         if not self._post(run):
-            return default
+            raise TransportClosed("the transport is closed")
         try:
             return result.result(timeout)
         except concurrent.futures.TimeoutError:
-            return default
+            raise TransportBusy(f"the transport's loop did not answer within {timeout} s") from None
 
     # -- socket I/O ------------------------------------------------------------------
 
@@ -757,7 +766,7 @@ class QuicEndpoint:
         now = self._loop.time()
         batch: list[bytes] = []
         batch_conn: _Conn | None = None
-        batch_addr: Address = ("", 0)
+        batch_addr: SocketAddress = ("", 0)
         for count in range(1, RECV_BATCH + 1):
             try:
                 data, addr = sock.recvfrom(65535)
@@ -788,7 +797,7 @@ class QuicEndpoint:
         if self._dirty:
             self._flush()
 
-    def _route(self, data: bytes, addr: Address, now: float) -> _Conn | None:
+    def _route(self, data: bytes, addr: SocketAddress, now: float) -> _Conn | None:
         """The connection a datagram belongs to (new if it opens one); None if consumed
         or dropped here."""
         cid = _destination_cid(data)
@@ -806,7 +815,9 @@ class QuicEndpoint:
             self.stats.datagrams_dropped += 1
         return conn
 
-    def _deliver(self, conn: _Conn, addr: Address, datagrams: list[bytes], now: float) -> None:
+    def _deliver(
+        self, conn: _Conn, addr: SocketAddress, datagrams: list[bytes], now: float
+    ) -> None:
         if conn.state == "closed":
             return
         try:
@@ -828,7 +839,7 @@ class QuicEndpoint:
         conn.last_received = now
         self._dirty[conn] = None
 
-    def _linger_receive(self, cid: bytes, data: bytes, addr: Address, now: float) -> None:
+    def _linger_receive(self, cid: bytes, data: bytes, addr: SocketAddress, now: float) -> None:
         quic, until = self._lingering[cid]
         if now > until:
             del self._lingering[cid]
@@ -840,7 +851,7 @@ class QuicEndpoint:
         except Exception:
             log.debug("closed connection failed on a late datagram", exc_info=True)
 
-    def _accept(self, data: bytes, cid: bytes, addr: Address, now: float) -> _Conn | None:
+    def _accept(self, data: bytes, cid: bytes, addr: SocketAddress, now: float) -> _Conn | None:
         """A new inbound connection for a client Initial; None to drop the datagram.
 
         Unauthenticated work is bounded (``actors._quic.admission``): an Initial over
@@ -886,7 +897,7 @@ class QuicEndpoint:
             conn.how = How.PUNCHED
         return conn
 
-    def _backend_for(self, addr: Address) -> QuicBackend:
+    def _backend_for(self, addr: SocketAddress) -> QuicBackend:
         """The stack for a peer address: connections through a relay use smaller datagrams."""
         if not addr[0].startswith(VIRTUAL_NET):
             return self._backend
@@ -901,7 +912,7 @@ class QuicEndpoint:
         return self._relayed_backend
 
     def _new_conn(
-        self, quic: QuicConnectionAdapter, role: Role, addr: Address, now: float
+        self, quic: QuicConnectionAdapter, role: Role, addr: SocketAddress, now: float
     ) -> _Conn:
         assert self._loop is not None
         conn = _Conn(next(self._ids), quic, role, addr, created_at=now)
@@ -920,7 +931,7 @@ class QuicEndpoint:
         self._cids[cid] = conn
         conn.cids.add(cid)
 
-    def _sendto(self, data: bytes, addr: Address) -> None:
+    def _sendto(self, data: bytes, addr: SocketAddress) -> None:
         if addr[0].startswith(VIRTUAL_NET):
             self._send_circuit(data, addr)
             return
@@ -970,8 +981,8 @@ class QuicEndpoint:
         """Read ICMP errors (IP_RECVERR): a closed port on a peer's address means it died."""
         sock = self._sock
         assert sock is not None
-        unreachable: set[Address] = set()
-        no_route: set[Address] = set()
+        unreachable: set[SocketAddress] = set()
+        no_route: set[SocketAddress] = set()
         while True:
             try:
                 _data, ancillary, _flags, addr = sock.recvmsg(1, 1024, socket.MSG_ERRQUEUE)
@@ -996,7 +1007,7 @@ class QuicEndpoint:
         for target in no_route:
             self._no_route(target)
 
-    def _no_route(self, addr: Address) -> None:
+    def _no_route(self, addr: SocketAddress) -> None:
         """A router says there is no way to ``addr``: dials to it fail now, not at their
         timeout (typically a peer's private LAN address announced before it knew)."""
         for conn in [c for c in self._conns.values() if c.addr == addr and c.state == "quic"]:
@@ -1004,7 +1015,7 @@ class QuicEndpoint:
                 detail = f"{addr[0]}:{addr[1]}: no route (ICMP destination unreachable)"
                 self._abort(conn, "no route", PeerUnreachable(detail))
 
-    def _port_unreachable(self, addr: Address) -> None:
+    def _port_unreachable(self, addr: SocketAddress) -> None:
         self.stats.port_unreachable += 1
         if not self.config.close_on_port_unreachable:
             return
@@ -1144,7 +1155,7 @@ class QuicEndpoint:
 
     def _dial(
         self,
-        addr: Address,
+        addr: SocketAddress,
         expected: bytes | None,
         future: pykka.ThreadingFuture[bytes],
         wait: float,
@@ -1176,7 +1187,7 @@ class QuicEndpoint:
 
     def _open(
         self,
-        addr: Address,
+        addr: SocketAddress,
         expected: bytes | None,
         futures: list[pykka.ThreadingFuture[bytes]],
         wait: float | None = None,
@@ -1555,7 +1566,7 @@ class QuicEndpoint:
 
     # -- NAT traversal (loop thread) ------------------------------------------------------
 
-    def _send_openers(self, addr: Address, count: int) -> None:
+    def _send_openers(self, addr: SocketAddress, count: int) -> None:
         sock = self._sock
         if sock is None or self._closed:
             return
@@ -1570,7 +1581,7 @@ class QuicEndpoint:
         finally:
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, default_ttl)
 
-    def _expect_punch(self, addr: Address) -> None:
+    def _expect_punch(self, addr: SocketAddress) -> None:
         assert self._loop is not None
         now = self._loop.time()
         for stale in [a for a, until in self._expected_punches.items() if until < now]:
@@ -1582,7 +1593,7 @@ class QuicEndpoint:
         if peer is not None and peer.conn is not None:
             peer.conn.pinned = pinned
 
-    def _circuit_address(self, relay_id: bytes, circuit: int) -> Address:
+    def _circuit_address(self, relay_id: bytes, circuit: int) -> SocketAddress:
         """The virtual address of a circuit (made on first use)."""
         key = (relay_id, circuit)
         addr = self._circuit_addr.get(key)
@@ -1593,7 +1604,7 @@ class QuicEndpoint:
             self._circuit_of[addr] = key
         return addr
 
-    def _forget_circuit(self, addr: Address) -> None:
+    def _forget_circuit(self, addr: SocketAddress) -> None:
         key = self._circuit_of.pop(addr, None)
         if key is not None:
             self._circuit_addr.pop(key, None)
@@ -1621,7 +1632,7 @@ class QuicEndpoint:
         conn = self._open(addr, expected, [future], wait, how=How.RELAYED)
         conn.circuit = (relay_id, circuit)
 
-    def _send_circuit(self, data: bytes, addr: Address) -> None:
+    def _send_circuit(self, data: bytes, addr: SocketAddress) -> None:
         """Send an inner connection's datagram on its circuit, in a DATAGRAM frame."""
         key = self._circuit_of.get(addr)
         if key is None:
@@ -1661,7 +1672,7 @@ class QuicEndpoint:
         out.quic.send_datagram(payload)
         self._touch(out)
 
-    def _on_control_datagram(self, data: bytes, addr: Address) -> None:
+    def _on_control_datagram(self, data: bytes, addr: SocketAddress) -> None:
         parsed = parse_control_datagram(data)
         if parsed is None:
             self.stats.datagrams_dropped += 1
@@ -1943,7 +1954,7 @@ class QuicEndpoint:
 
     # -- outbound requests ----------------------------------------------------------------
 
-    def _submit(self, outbound: _Outbound, hints: list[Address], relayed: list[str]) -> None:
+    def _submit(self, outbound: _Outbound, hints: list[SocketAddress], relayed: list[str]) -> None:
         assert self._loop is not None
         if self._closed:
             self._complete(outbound, error=TransportClosed("the transport is closed"))
@@ -2112,6 +2123,12 @@ class QuicEndpoint:
         return peer
 
     def _emit(self, event: PeerConnected | PeerDisconnected) -> None:
+        connected = dict(self._connected)  # copied, then swapped: readers never lock
+        if isinstance(event, PeerConnected):
+            connected[event.peer_id] = None
+        else:
+            connected.pop(event.peer_id, None)
+        self._connected = connected
         try:
             self._on_event(event)
         except Exception:
@@ -2183,7 +2200,7 @@ def _short(peer_id: bytes | None) -> str:
     return "?" if peer_id is None else peer_id.hex()[:12]
 
 
-def _remember_addr(peer: _Peer, addr: Address, first: bool = False) -> None:
+def _remember_addr(peer: _Peer, addr: SocketAddress, first: bool = False) -> None:
     if addr in peer.addrs:
         if not first:
             return
@@ -2195,15 +2212,15 @@ def _remember_addr(peer: _Peer, addr: Address, first: bool = False) -> None:
     del peer.addrs[8:]
 
 
-def _addresses(texts: Iterable[str], peer_id: bytes) -> tuple[list[Address], list[str]]:
+def _addresses(texts: Iterable[str], peer_id: bytes) -> tuple[list[SocketAddress], list[str]]:
     """The peer's direct UDP addresses and (a few of) its circuit multiaddrs in ``texts``."""
     direct, relayed = split_addrs(texts, peer_id)
     return [m.socket_address for m in direct], [str(m) for m in relayed[:MAX_RELAYED_PER_PEER]]
 
 
 def _dial_target(
-    addr: str | Multiaddr | Address, expected: bytes | None
-) -> tuple[Address, bytes | None]:
+    addr: str | Multiaddr | SocketAddress, expected: bytes | None
+) -> tuple[SocketAddress, bytes | None]:
     if isinstance(addr, str):
         addr = parse_multiaddr(addr)
     if isinstance(addr, Multiaddr):

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from actors._quic.backend import (
-    Address,
     ConnectionIdIssued,
     ConnectionIdRetired,
     HandshakeDone,
@@ -29,6 +28,7 @@ from actors._quic.backend import (
     QuicEvent,
     QuicSettings,
     QuicStack,
+    SocketAddress,
     StopSending,
     StreamData,
     StreamReset,
@@ -57,7 +57,7 @@ class RawConn:
     endpoint: RawEndpoint
     quic: QuicConnectionAdapter
     role: Role
-    addr: Address
+    addr: SocketAddress
     tls_done: threading.Event = field(default_factory=threading.Event)
     closed: threading.Event = field(default_factory=threading.Event)
     close_code: int | None = None
@@ -152,7 +152,7 @@ class RawEndpoint:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((host, 0))
         self.sock.setblocking(False)
-        self.address: Address = self.sock.getsockname()
+        self.address: SocketAddress = self.sock.getsockname()
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, daemon=True, name="raw-quic")
         started = threading.Event()
@@ -186,13 +186,13 @@ class RawEndpoint:
             self.loop.call_soon_threadsafe(run)
             self._thread.join(5)
 
-    def connect(self, addr: Address, timeout: float = 5.0) -> RawConn:
+    def connect(self, addr: SocketAddress, timeout: float = 5.0) -> RawConn:
         conn = self.open(addr)
         if not conn.wait(conn.tls_done.is_set, timeout):
             raise TimeoutError(f"no QUIC handshake with {addr}")
         return conn
 
-    def open(self, addr: Address) -> RawConn:
+    def open(self, addr: SocketAddress) -> RawConn:
         """Start a connection to ``addr`` without waiting for its QUIC handshake."""
 
         def run() -> RawConn:
@@ -205,7 +205,7 @@ class RawEndpoint:
 
         return self.call(run)
 
-    def open_many(self, addr: Address, count: int) -> list[RawConn]:
+    def open_many(self, addr: SocketAddress, count: int) -> list[RawConn]:
         """Start ``count`` connections to ``addr`` at once (one loop turn)."""
         return self.call(lambda: [self.open(addr) for _ in range(count)], timeout=60.0)
 
@@ -358,7 +358,7 @@ class MitmProxy:
 
     def __init__(
         self,
-        target: Address,
+        target: SocketAddress,
         rewrite: Callable[[Message, str], Message] | None = None,
         stack: QuicStack = "qh3",
     ) -> None:
@@ -426,13 +426,13 @@ class UdpForwarder:
     """Forwards datagrams between clients and ``target``; each client gets its own
     upstream socket, as a NAT would."""
 
-    def __init__(self, target: Address) -> None:
+    def __init__(self, target: SocketAddress) -> None:
         self.target = target
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
-        self.address: Address = self.sock.getsockname()
+        self.address: SocketAddress = self.sock.getsockname()
         self.forwarded = 0
-        self._upstreams: dict[Address, socket.socket] = {}
+        self._upstreams: dict[SocketAddress, socket.socket] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="udp-forwarder")
         self._thread.start()
@@ -471,11 +471,11 @@ class ImpairedForwarder(UdpForwarder):
     lost with probability ``loss`` or held back up to ``jitter`` seconds (so
     datagrams arrive out of order)."""
 
-    def __init__(self, target: Address, loss: float, jitter: float, seed: int = 1) -> None:
+    def __init__(self, target: SocketAddress, loss: float, jitter: float, seed: int = 1) -> None:
         self.loss = loss
         self.jitter = jitter
         self._rng = random.Random(seed)
-        self._later: list[tuple[float, int, socket.socket, bytes, Address]] = []
+        self._later: list[tuple[float, int, socket.socket, bytes, SocketAddress]] = []
         self._sequence = 0
         self.lost = 0
         super().__init__(target)

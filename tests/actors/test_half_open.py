@@ -76,7 +76,7 @@ def initial_with_forged_token(target: tuple[str, int], source: tuple[str, int]) 
 def endpoint_counts(node: LiveNode) -> tuple[int, int]:
     """(connections, lingering closed connections) the node's endpoint holds."""
     endpoint = node.handle._endpoint
-    return endpoint._call(lambda: (len(endpoint._conns), len(endpoint._lingering)), (-1, -1))
+    return endpoint._call(lambda: (len(endpoint._conns), len(endpoint._lingering)))
 
 
 def live_tls(raw: RawEndpoint) -> int:

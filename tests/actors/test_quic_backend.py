@@ -15,11 +15,11 @@ from collections.abc import Iterator
 import pytest
 
 from actors._quic.backend import (
-    Address,
     QuicConnectionAdapter,
     QuicEvent,
     QuicSettings,
     QuicStack,
+    SocketAddress,
     StopSending,
     StreamData,
     StreamReset,
@@ -29,8 +29,8 @@ from actors._quic.backend import (
 from actors._quic.endpoint import _destination_cid
 from protocol.errors import AppErrorCode
 
-CLIENT: Address = ("127.0.0.1", 4001)
-SERVER: Address = ("127.0.0.1", 4002)
+CLIENT: SocketAddress = ("127.0.0.1", 4001)
+SERVER: SocketAddress = ("127.0.0.1", 4002)
 STACKS: tuple[QuicStack, ...] = ("qh3", "aioquic")
 
 
@@ -118,7 +118,7 @@ class LossyPath:
         self.rng = rng
         self.loss = loss
         self.delay = delay
-        self._queue: list[tuple[float, int, QuicConnectionAdapter, bytes, Address]] = []
+        self._queue: list[tuple[float, int, QuicConnectionAdapter, bytes, SocketAddress]] = []
         self._sequence = 0
 
     def send(

@@ -622,7 +622,7 @@ def test_a_connection_whose_stack_fails_fails_its_requests_at_once(
 
         conn.quic.datagrams_to_send = failing  # type: ignore[method-assign]
 
-    endpoint._call(break_the_stack, None)
+    endpoint._call(break_the_stack)
     started = time.monotonic()
     trigger = a.handle.request(b.peer_id, Ping(nonce=1), timeout=30)
     for future in [*waiting, trigger]:
