@@ -109,7 +109,8 @@ class Auditor(NodeActor):
         self.on_offer = on_offer
         self.planner = AuditPlanner(own_id, interval=interval, grace=grace)
         self.trust = TrustBook()
-        self.peers: set[bytes] = set()
+        self.peers: frozenset[bytes] = frozenset()
+        """The routing table's peers (as the BucketManager last announced them) not shunned."""
         self._asked_held = False
         self._shuns_announced = False
         self._saved_at = 0.0
@@ -136,13 +137,12 @@ class Auditor(NodeActor):
     def on_receive(self, message: Any) -> Any:
         now = time.time()
         match message:
-            case RoutingChanged(added=added, removed=removed):
+            case RoutingChanged(added=added, removed=removed, peers=peers):
+                self.peers = frozenset(p for p in peers if not self.trust.is_shunned(p, now))
                 for peer in removed:
-                    self.peers.discard(peer)
                     self.planner.peer_left(peer)
                 for peer in added:
-                    if not self.trust.is_shunned(peer, now):
-                        self.peers.add(peer)
+                    if peer in self.peers:
                         self.planner.peer_joined(peer, now)
             case ChunkStored(address=address):
                 self.planner.chunk_stored(address, now)
@@ -253,7 +253,7 @@ class Auditor(NodeActor):
             self.trust.score(peer_id, now),
             event.value,
         )
-        self.peers.discard(peer_id)
+        self.peers = self.peers - {peer_id}
         self.planner.peer_left(peer_id)
         self.on_shun(ShunPeer(peer_id, until))
         self._save(now, force=True)

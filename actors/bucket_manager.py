@@ -373,7 +373,8 @@ class BucketManager(NodeActor):
 
     def _announce(self, added: tuple[bytes, ...] = (), removed: tuple[bytes, ...] = ()) -> None:
         self._dirty = True
-        self.on_routing_changed(RoutingChanged(added, removed))
+        peers = frozenset(e.peer_id for e in self.table.peers())
+        self.on_routing_changed(RoutingChanged(added, removed, peers))
 
     # -- periodic work -------------------------------------------------------------
 

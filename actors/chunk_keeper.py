@@ -179,7 +179,8 @@ class ChunkKeeper(NodeActor):
         self.max_storage = max_storage
         self.on_stored = on_stored
         self.on_lost = on_lost
-        self.known_peers: set[bytes] = set()
+        self.known_peers: tuple[bytes, ...] = ()
+        """The routing table's peers, as the BucketManager last announced them."""
         self._lost_at_start: list[bytes] = []
         self.reconciled = {"missing": 0, "adopted": 0, "removed": 0}
         self.cache = ChunkCache(cache_size)
@@ -231,9 +232,8 @@ class ChunkKeeper(NodeActor):
                 self.put(_Put(address, content, proof, reply, replica=True))
             case _PaymentJudged(put=put, key=key, claim=claim, verdict=verdict):
                 self._payment_judged(put, key, claim, verdict)
-            case RoutingChanged(added=added, removed=removed):
-                self.known_peers.difference_update(removed)
-                self.known_peers.update(added)
+            case RoutingChanged(peers=peers):
+                self.known_peers = tuple(peers)
             case HoldsChunk(address=address):
                 return self.database.get_chunk(address) is not None
             case ClaimChunk(address=address):
@@ -288,7 +288,7 @@ class ChunkKeeper(NodeActor):
         """A signed quote for storing ``address``, priced by how full this node is."""
         if self.payments is None:
             return Error(ErrorCode.UNSUPPORTED, "this node stores for free: it gives no quotes")
-        if not is_responsible(self.own_id, address, tuple(self.known_peers), _QUOTE_PLACES):
+        if not is_responsible(self.own_id, address, self.known_peers, _QUOTE_PLACES):
             return Error(*_VERDICT_ERRORS[PutVerdict.NOT_RESPONSIBLE])
         held = self.database.get_chunk(address)
         quote = make_quote(
@@ -310,7 +310,7 @@ class ChunkKeeper(NodeActor):
             put.reply(self._store_judged(put, verdict, held, None))
             return
         key = proof_key(put.proof) if put.proof is not None else b""
-        context = ProofContext(self.own_id, tuple(self.known_peers), time.time(), put.replica)
+        context = ProofContext(self.own_id, self.known_peers, time.time(), put.replica)
         check = check_proof(
             put.address, put.proof, context, known_paid=self.proofs.get(key) is not None
         )
@@ -353,7 +353,7 @@ class ChunkKeeper(NodeActor):
                 held=held is not None and held.kind is ChunkKind.RESPONSIBLE,
                 bytes_stored=self.bytes_stored,
                 max_storage=self.max_storage,
-                known_peers=tuple(self.known_peers),
+                known_peers=self.known_peers,
             ),
         )
         return verdict, held
@@ -428,7 +428,7 @@ class ChunkKeeper(NodeActor):
         addresses = challenge.addresses
         records = {a: self.database.get_chunk(a) for a in set(addresses)}
         sizes = {a: r.size for a, r in records.items() if r is not None}
-        known = tuple(self.known_peers)
+        known = self.known_peers
         responsible = {a for a in addresses if is_responsible(self.own_id, a, known, _QUOTE_PLACES)}
         refusal = self.gate.admit(
             peer_id, challenge.nonce, addresses, sizes, responsible, time.time()

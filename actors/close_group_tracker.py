@@ -31,8 +31,8 @@ class CloseGroupTracker(NodeActor):
 
     def on_receive(self, message: Any) -> Any:
         match message:
-            case RoutingChanged(added=added, removed=removed):
-                change = self.view.apply(added, removed)
+            case RoutingChanged(peers=peers):
+                change = self.view.apply(peers)
                 if change is not None:
                     event = CloseGroupChanged(change.added, change.removed, change.group)
                     log.info(

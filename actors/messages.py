@@ -67,10 +67,14 @@ class StatusQuery:
 
 @dataclass(frozen=True, slots=True)
 class RoutingChanged(Event):
-    """Peers entered or left the routing table (BucketManager -> CloseGroupTracker)."""
+    """Peers entered or left the routing table (BucketManager -> the actors that need to
+    know the peers)."""
 
     added: tuple[bytes, ...]
     removed: tuple[bytes, ...]
+    peers: frozenset[bytes]
+    """Every peer of the routing table after this change: the one set of known peers,
+    owned by the BucketManager. Others keep this snapshot; none keeps a copy of its own."""
 
 
 @dataclass(frozen=True, slots=True)

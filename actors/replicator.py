@@ -139,7 +139,8 @@ class Replicator(NodeActor):
         self.remote = remote
         self.keeper = keeper
         self.repair_interval = repair_interval
-        self.peers: set[bytes] = set()
+        self.peers: frozenset[bytes] = frozenset()
+        """The routing table's peers, as the BucketManager last announced them."""
         self.queue = FetchQueue(max_in_flight=max_in_flight, bytes_per_second=bytes_per_second)
         self.handover = Handover()
         self._repaired_at = time.time()
@@ -150,9 +151,8 @@ class Replicator(NodeActor):
     def on_receive(self, message: Any) -> Any:
         now = time.time()
         match message:
-            case RoutingChanged(added=added, removed=removed):
-                self.peers.difference_update(removed)
-                self.peers.update(added)
+            case RoutingChanged(added=added, removed=removed, peers=peers):
+                self.peers = peers
                 self._departed.update(removed)
                 self._departed.difference_update(added)
             case ChunkStored(address=address, copies_to=copies_to):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 from dataclasses import dataclass
 
 from protocol.chunks import CLOSE_GROUP_SIZE
@@ -24,17 +24,16 @@ class CloseGroupView:
     def __init__(self, own_id: bytes, size: int = CLOSE_GROUP_SIZE) -> None:
         self.own_id = own_id
         self.size = size
-        self._peers: set[bytes] = set()
+        self._peers: frozenset[bytes] = frozenset()
         self.group: tuple[bytes, ...] = ()
 
     @property
     def peers(self) -> frozenset[bytes]:
-        return frozenset(self._peers)
+        return self._peers
 
-    def apply(self, added: Iterable[bytes], removed: Iterable[bytes]) -> CloseGroupChange | None:
-        """Take peers joining and leaving the routing table; return the change of the group, if any."""
-        self._peers.difference_update(removed)
-        self._peers.update(p for p in added if p != self.own_id)
+    def apply(self, peers: Set[bytes]) -> CloseGroupChange | None:
+        """Take the peers the node now knows; return the change of its group, if any."""
+        self._peers = frozenset(peers) - {self.own_id}
         new_group = tuple(closest(self.own_id, self._peers, self.size))
         if new_group == self.group:
             return None

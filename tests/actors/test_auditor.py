@@ -348,7 +348,7 @@ def test_the_auditor_judges_proofs_refusals_busy_and_missing() -> None:
         grace=0.0,
     )
     try:
-        ref.tell(RoutingChanged((peer,), ()))
+        ref.tell(RoutingChanged((peer,), (), frozenset({peer})))
 
         def status() -> dict[str, Any]:
             ref.tell(Tick(time.time()))

@@ -70,7 +70,7 @@ def test_not_responsible_when_many_peers_are_closer(keeper: KeeperHarness) -> No
     address = chunk_address(content)
     # Peers that share a longer prefix with the address than OWN (all zeros) can.
     closer = [address[:4] + os.urandom(28) for _ in range(10)]
-    keeper.ref.tell(RoutingChanged(tuple(closer), ()))
+    keeper.ref.tell(RoutingChanged(tuple(closer), (), frozenset(closer)))
     reply = keeper.request(PutChunk(address, content))
     assert isinstance(reply, Error) and reply.code is ErrorCode.NOT_RESPONSIBLE
 

@@ -50,7 +50,7 @@ def replicator() -> Iterator[tuple[pykka.ActorRef[Replicator], RecordingRemote]]
     remote = RecordingRemote()
     keeper = pykka.ThreadingActor.start()
     ref = Replicator.start(OWN, remote, keeper, repair_interval=3600)
-    ref.tell(RoutingChanged(tuple(PEERS), ()))
+    ref.tell(RoutingChanged(tuple(PEERS), (), frozenset(PEERS)))
     try:
         yield ref, remote
     finally:
@@ -64,7 +64,7 @@ def offered_to(remote: RecordingRemote, address: bytes) -> set[bytes]:
 
 def settle(ref: pykka.ActorRef[Replicator]) -> None:
     """Wait until the actor handled everything told before (an ask queues behind them)."""
-    ref.ask(RoutingChanged((), ()), timeout=5)
+    ref.ask(RoutingChanged((), (), frozenset(PEERS)), timeout=5)
     time.sleep(0.01)
 
 
