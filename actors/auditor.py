@@ -168,9 +168,12 @@ class Auditor(NodeActor):
             self._shuns_announced = True
             for peer_id, until in self.trust.shunned(now).items():
                 self.on_shun(ShunPeer(peer_id, until))
-        if not self._asked_held and self.peers and self.planner.wants_held(now):
-            self._asked_held = True
-            self.keeper.tell(HeldChunks(reply=lambda held: self.tell_self(_Held(tuple(held)))))
+        if not self._asked_held and self.peers:
+            if self.planner.wants_held(now):  # audits need the held chunks: ask first
+                self._asked_held = True
+                self.keeper.tell(HeldChunks(reply=lambda held: self.tell_self(_Held(tuple(held)))))
+            elif self.planner.has_checks(now):
+                self._send(self.planner.plan(now, None, self.peers))
         if now - self._forgotten_at >= FORGET_EVERY:
             self._forgotten_at = now
             faded = self.trust.forget_faded(now)

@@ -210,8 +210,9 @@ class AuditPlanner:
 
     The owner tells it which peers it knows (``peer_joined``/``peer_left``) and which
     chunks were stored (``chunk_stored``); when ``wants_held(now)`` it calls
-    ``plan(now, held, peers)`` with the chunks it holds as responsible, sends the
-    challenges returned, and reports each answer to ``done``.
+    ``plan(now, held, peers)`` with the chunks it holds as responsible (when only
+    ``has_checks(now)``, ``plan(now, None, peers)``), sends the challenges returned,
+    and reports each answer to ``done``.
     """
 
     def __init__(
@@ -275,21 +276,27 @@ class AuditPlanner:
         return len(self._stored) + sum(len(b) for b in self._backlog.values())
 
     def wants_held(self, now: float) -> bool:
-        """Something is due (and within the budget): call ``plan`` (with the held chunks)."""
+        """An audit is due (within the budget): call ``plan`` with the held chunks."""
         if self._budget.available(now) < 1:
             return False
-        if any(due <= now for due in self._stored.values()):
+        return any(due <= now and self._ready(peer, now) for peer, due in self._next_audit.items())
+
+    def has_checks(self, now: float) -> bool:
+        """Possession checks are due (within the budget): call ``plan``; the held chunks
+        are not needed for them (``held=None``)."""
+        if self._budget.available(now) < 1:
+            return False
+        if any(due <= now for due in self._stored.values()) or any(self._backlog.values()):
             return True
-        if any(self._backlog.values()) or any(
-            due <= now for owed in self._owed.values() for due in owed.values()
-        ):
-            return True
-        return any(due <= now for due in self._next_audit.values())
+        return any(due <= now for owed in self._owed.values() for due in owed.values())
 
     # -- planning -------------------------------------------------------------------
 
-    def plan(self, now: float, held: Sequence[bytes], peers: Iterable[bytes]) -> list[Challenge]:
-        """The challenges to send now; at most one in flight per peer."""
+    def plan(
+        self, now: float, held: Sequence[bytes] | None, peers: Iterable[bytes]
+    ) -> list[Challenge]:
+        """The challenges to send now, at most one in flight per peer; audits only when
+        ``held`` (the chunks held as responsible) is given."""
         known = [p for p in peers if p != self.own_id]
         self._queue_possession_checks(now, known)
         ready = {p for p in known if self._ready(p, now)}
@@ -304,7 +311,7 @@ class AuditPlanner:
                 challenges.append(self._challenge(peer, addresses, ChallengeKind.POSSESSION, known))
         ready -= {c.peer for c in challenges}
         due = [p for p in ready if self._next_audit.get(p, float("inf")) <= now]
-        if due:
+        if due and held is not None:
             shared = offers(held, self.own_id, known, only_to=due)
             for peer in due:
                 mine = shared.get(peer, [])

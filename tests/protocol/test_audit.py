@@ -350,10 +350,10 @@ def test_possession_checks_are_sent_by_the_leader_only_batched_per_peer() -> Non
     not_led = [a for a in not_led if OWN in holders(a, OWN, PEERS)] + [near(PEERS[2], rng)]
     for address in led + not_led:
         p.chunk_stored(address, 0.0)
-    assert not p.wants_held(29.0)
-    assert p.plan(29.0, [], PEERS) == []
-    assert p.wants_held(30.0)
-    challenges = p.plan(30.0, [], PEERS)
+    assert not p.has_checks(29.0)
+    assert p.plan(29.0, None, PEERS) == []
+    assert p.has_checks(30.0) and not p.wants_held(30.0), "checks need no held chunks"
+    challenges = p.plan(30.0, None, PEERS)
     group = [m for m in holders(led[0], OWN, PEERS) if m != OWN]
     assert all(holders(a, OWN, PEERS)[0] == OWN for a in led)
     assert sorted(c.peer for c in challenges) == sorted(group)
@@ -410,10 +410,10 @@ def test_chunks_offered_back_are_checked_again_and_owed() -> None:
     report = judge(c, expected_for(c), [MISSING, MISSING])
     assert report.offer_back == tuple(lacking)
     p.done(report, 100.0)
-    assert not p.wants_held(119.0)
-    assert p.plan(119.0, [], PEERS) == []
-    assert p.wants_held(120.0)
-    (again,) = p.plan(120.0, [], PEERS)
+    assert not p.has_checks(119.0)
+    assert p.plan(119.0, None, PEERS) == []
+    assert p.has_checks(120.0)
+    (again,) = p.plan(120.0, None, PEERS)
     assert again.peer == peer and again.kind is ChallengeKind.POSSESSION
     assert sorted(again.addresses) == sorted(lacking)
     assert again.owed == frozenset(lacking)
@@ -625,3 +625,19 @@ def test_the_auditor_challenges_within_its_own_budget() -> None:
             p.done(AuditReport(c.peer, c.kind, AuditOutcome.PASSED), now)
         assert sent <= CHALLENGE_BURST + 10.0 * (now - 1000.0)
     assert audited == set(shared), "every due peer was audited once the budget allowed"
+
+
+def test_held_chunks_are_wanted_only_for_a_ready_peer_due_an_audit() -> None:
+    p = planner(interval=10.0, grace=0.0)
+    held = held_addresses(300)
+    for peer in PEERS:
+        p.peer_joined(peer, 0.0)
+    assert not p.wants_held(0.0)
+    now = 20.0  # every peer is due
+    assert p.wants_held(now)
+    assert p.plan(now, None, PEERS) == [], "no audit without the held chunks"
+    assert p.wants_held(now), "still due"
+    challenges = p.plan(now, held, PEERS)
+    assert challenges and all(c.kind is ChallengeKind.AUDIT for c in challenges)
+    # those challenged are in flight, the others had nothing shared and were rescheduled
+    assert not p.wants_held(now), "in flight or rescheduled: nothing to fetch held chunks for"
