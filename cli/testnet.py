@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import platformdirs
 
@@ -119,8 +119,19 @@ def _payment_args(testnet_dir: Path) -> list[str]:
     ]
 
 
+class _NodeProcess(Protocol):
+    """A started node process: a ``Popen`` or one forked by a ``_Launcher``."""
+
+    pid: int
+    returncode: Any
+
+    def poll(self) -> Any: ...
+
+    def kill(self) -> None: ...
+
+
 def _wait_joined(
-    proc: subprocess.Popen[bytes], root_dir: Path, need_peers: bool, deadline: float
+    proc: _NodeProcess, root_dir: Path, need_peers: bool, deadline: float
 ) -> NodeEntry:
     """The node's manifest entry, once it listens (and, with ``need_peers``, knows a peer)."""
     while time.monotonic() < deadline:
@@ -177,20 +188,27 @@ def start(
 
         start_local_chain(testnet_dir)
     first_root = testnet_dir / "node-00"
+    # The launcher imports what a node runs while the first node starts (on another core).
+    launcher = _Launcher.start(testnet_dir) if nodes > 1 else None
     try:
         first = _spawn(first_root, ["--first", *_payment_args(testnet_dir), *extra_args])
     except BaseException:
+        if launcher is not None:
+            launcher.close()
         _stop_chain(testnet_dir)
         raise
     try:
         entries = [_wait_joined(first, first_root, need_peers=False, deadline=deadline)]
         entries += _start_joiners(
-            testnet_dir, 1, nodes - 1, entries[0].multiaddr, extra_args, deadline
+            testnet_dir, 1, nodes - 1, entries[0].multiaddr, extra_args, deadline, launcher
         )
     except BaseException:
         first.kill()
         _stop_chain(testnet_dir)
         raise
+    finally:
+        if launcher is not None:
+            launcher.close()
     write_manifest(testnet_dir, entries)
     return entries
 
@@ -215,15 +233,25 @@ def _start_joiners(
     bootstrap: str,
     extra_args: tuple[str, ...],
     deadline: float,
+    launcher: _Launcher | None = None,
 ) -> list[NodeEntry]:
     """Start nodes ``node-<first_index>`` on, all joining through ``bootstrap``, and wait
-    until each has joined; on any failure every one of them is killed."""
+    until each has joined; on any failure every one of them is killed.
+
+    They are forked by ``launcher`` (a fresh one without it) when it works, else spawned
+    as new interpreters (``_spawn``)."""
+    own_launcher = launcher is None and count > 0
+    if own_launcher:
+        launcher = _Launcher.start(testnet_dir)
     roots = [testnet_dir / f"node-{first_index + i:02d}" for i in range(count)]
-    procs = [
-        _spawn(root, ["--peer", bootstrap, *_payment_args(testnet_dir), *extra_args])
-        for root in roots
-    ]
+    procs: list[_NodeProcess] = []
     try:
+        for root in roots:
+            args = ["--peer", bootstrap, *_payment_args(testnet_dir), *extra_args]
+            forked = launcher.launch(root, args) if launcher is not None else None
+            procs.append(forked if forked is not None else _spawn(root, args))
+        if launcher is not None:
+            launcher.close()  # the nodes are children of this process from now on
         return [
             _wait_joined(proc, root, need_peers=True, deadline=deadline)
             for proc, root in zip(procs, roots, strict=True)
@@ -232,6 +260,177 @@ def _start_joiners(
         for proc in procs:
             proc.kill()
         raise
+    finally:
+        if own_launcher and launcher is not None:
+            launcher.close()
+
+
+# --- the launcher: nodes forked from one interpreter that has imported them ----------
+
+_LAUNCHER_LOG = "launcher.out"
+_LAUNCHER_CODE = "from cli.testnet import serve_launches; serve_launches()"
+_TITLE_ROOM = 4096
+_NODE_MODULES = (  # what ``cli run`` imports (cli.main.cmd_run): a forked node imports ~nothing
+    "cli.main",
+    "actors.node",
+    "cli.config",
+    "cli.logs",
+    "evm.networks",
+    "persistence.root_dir",
+    "protocol.identity",
+    "protocol.nat",
+    "protocol.relay",
+)
+
+
+class _ForkedNode:
+    """A node process forked by a ``_Launcher``; once the launcher has exited it is a child
+    of this process (see ``_Launcher.close``), reaped here as a ``Popen`` would be."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | str | None = None
+
+    def poll(self) -> int | str | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # not adopted (no subreaper): no exit status to read
+                if not is_alive(self.pid):
+                    self.returncode = "an unknown status"
+            else:
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+
+class _Launcher:
+    """A process that imports once what a node runs (about 0.45 s of CPU) and then forks
+    node processes on request, each running ``cli run`` with its own arguments, so the N
+    nodes of a testnet do not each import it again (a "zygote", as Android's, or
+    gunicorn's preload).
+
+    Requests are JSON lines on its stdin, answered with the node's pid on its stdout. It
+    exits when its stdin is closed; this process, a child subreaper meanwhile, adopts the
+    nodes, so they are its children exactly as spawned ones are (``os.waitpid`` works).
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.failed = False
+
+    @classmethod
+    def start(cls, testnet_dir: Path) -> _Launcher | None:
+        """The launcher, or None where it cannot work (no fork, no child subreaper)."""
+        if not hasattr(os, "fork") or _child_subreaper(None) is None:
+            return None
+        try:
+            with (testnet_dir / _LAUNCHER_LOG).open("ab") as log:
+                proc = subprocess.Popen(
+                    # The blank argument is room for the command line of each node it forks.
+                    [sys.executable, "-c", _LAUNCHER_CODE, " " * _TITLE_ROOM],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    start_new_session=True,
+                )
+        except OSError:
+            return None
+        return cls(proc)
+
+    def launch(self, root_dir: Path, args: list[str]) -> _ForkedNode | None:
+        """Fork a node in ``root_dir`` with ``cli run`` flags ``args``; None if the
+        launcher does not work (the caller spawns the node itself)."""
+        if self.failed or self.proc.stdin is None or self.proc.stdout is None:
+            return None
+        root_dir.mkdir(parents=True, exist_ok=True)
+        argv = ["run", "--root-dir", str(root_dir), "--local", *args]
+        try:
+            line = json.dumps({"root_dir": str(root_dir), "argv": argv}).encode() + b"\n"
+            self.proc.stdin.write(line)
+            self.proc.stdin.flush()
+            reply = json.loads(self.proc.stdout.readline() or b"null")
+            return _ForkedNode(int(reply["pid"]))
+        except (OSError, ValueError, TypeError, KeyError):
+            self.failed = True
+            return None
+
+    def close(self) -> None:
+        """No more nodes: the launcher exits and this process adopts the nodes it forked."""
+        if self.proc.returncode is not None:
+            return
+        was_subreaper = _child_subreaper(True)
+        try:
+            for pipe in (self.proc.stdin, self.proc.stdout):
+                with contextlib.suppress(OSError):
+                    if pipe is not None:
+                        pipe.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        finally:
+            if was_subreaper is False:
+                _child_subreaper(False)
+
+
+def _child_subreaper(on: bool | None) -> bool | None:
+    """Whether this process adopts its orphaned descendants (Linux ``PR_SET_CHILD_SUBREAPER``);
+    with ``on``, set it first and return the previous setting. None: not supported."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        previous = ctypes.c_int(0)
+        if libc.prctl(37, ctypes.byref(previous), 0, 0, 0) != 0:  # PR_GET_CHILD_SUBREAPER
+            return None
+        if on is not None and libc.prctl(36, int(on), 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
+            return None
+    except (OSError, AttributeError):
+        return None
+    return bool(previous.value)
+
+
+def serve_launches() -> None:
+    """The launcher's main loop (``python -c``, see ``_Launcher``)."""
+    import gc
+    import importlib
+
+    for module in _NODE_MODULES:
+        importlib.import_module(module)
+    gc.collect()
+    gc.freeze()  # the nodes' collections skip (and do not copy) the imported objects
+    for line in sys.stdin.buffer:
+        request = json.loads(line)
+        root_dir = Path(request["root_dir"])
+        log_fd = os.open(root_dir / "node.out", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        pid = os.fork()
+        if pid == 0:
+            _become_node(log_fd, list(request["argv"]))  # does not return
+        os.close(log_fd)
+        os.write(sys.stdout.fileno(), json.dumps({"pid": pid}).encode() + b"\n")
+    # stdin closed: exit, and the nodes are adopted by the testnet's starter (a subreaper).
+
+
+def _become_node(log_fd: int, argv: list[str]) -> None:
+    """In the forked child: a session of its own, output to ``node.out``, then ``cli run``;
+    exits through ``SystemExit`` as ``python -m cli run`` would."""
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(log_fd, 1)  # this also closes the pipe to the parent of the launcher
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    _set_command_line([sys.executable, "-m", "cli", *argv])
+    from cli.main import main
+
+    raise SystemExit(main(argv))
 
 
 def _stop_chain(testnet_dir: Path) -> None:
@@ -288,3 +487,19 @@ def replica_counts(
 def status(testnet_dir: Path) -> list[dict[str, Any]]:
     """The manifest with each node's liveness."""
     return [{**asdict(n), "alive": is_alive(n.pid)} for n in read_manifest(testnet_dir)]
+
+
+def _set_command_line(argv: list[str]) -> None:
+    """Show ``argv`` as this process's command line (``ps``, ``/proc/PID/cmdline``), as
+    setproctitle does: written over the launcher's own, which has room for it; the
+    kernel then reads it up to its first NUL, so it reads as one space-separated line."""
+    import ctypes
+
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        arg_start, arg_end = int(fields[45]), int(fields[46])  # fields 48 and 49 of stat
+    except (OSError, IndexError, ValueError):
+        return
+    room = arg_end - arg_start
+    title = " ".join(argv).encode()[: room - 1]
+    ctypes.memmove(arg_start, title + b"\0" + b" " * (room - len(title) - 1), room)
