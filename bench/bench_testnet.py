@@ -1,7 +1,8 @@
 """Figures of a local testnet of real node processes.
 
 Prints: time for ``testnet start``; lookup latency p50/p95 (one lookup at a time,
-timed inside the node); memory (RSS) and idle CPU per node process.
+timed inside the node); memory (RSS, and PSS, which counts shared pages as a share)
+and idle CPU per node process.
 
 Run: .venv/bin/python bench/bench_testnet.py [--nodes 25] [--lookups 200]
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -27,6 +29,18 @@ def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def pss_mb(pid: int) -> float:
+    """Proportional set size: pages shared with other processes (libraries, and what the
+    testnet launcher imported before forking the node) count as a share only."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return 0.0
 
 
@@ -55,7 +69,15 @@ def main() -> None:
             time.sleep(args.idle_seconds)
             cpu = [(cpu_seconds(n.pid) - before[n.pid]) / args.idle_seconds * 100 for n in nodes]
             rss = [rss_mb(n.pid) for n in nodes]
-            print(f"RSS per node: mean {sum(rss) / len(rss):.1f} MB, max {max(rss):.1f} MB")
+            pss = [pss_mb(n.pid) for n in nodes]
+            print(
+                f"RSS per node: mean {sum(rss) / len(rss):.1f} MB, median"
+                f" {statistics.median(rss):.1f} MB, max {max(rss):.1f} MB"
+            )
+            print(
+                f"PSS per node: mean {sum(pss) / len(pss):.1f} MB, total of"
+                f" {len(pss)} nodes {sum(pss):.0f} MB"
+            )
             print(
                 f"idle CPU per node over {args.idle_seconds:.0f} s: mean {sum(cpu) / len(cpu):.2f} %, max {max(cpu):.2f} % of a core"
             )

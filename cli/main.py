@@ -366,7 +366,6 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args: argparse.Namespace) -> int:
     from actors.node import Node, NodeConfig
     from cli import logs
-    from cli.metrics import MetricsServer
     from persistence.root_dir import default_root_dir, name_root_dir_by_peer_id, prepare_root_dir
     from protocol.identity import load_or_create
     from protocol.nat import Reachability
@@ -416,6 +415,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     metrics = None
     try:
         if args.metrics_port is not None:
+            from cli.metrics import MetricsServer  # http.server: only when asked for
+
             try:
                 metrics = MetricsServer(node.status, port=args.metrics_port)
             except OSError as exc:
@@ -464,12 +465,12 @@ def _check_run_args(args: argparse.Namespace) -> None:
 
 def _node_payments(args: argparse.Namespace) -> NodePayments | None:
     """The chain a paid node checks proofs on; None (a free node) without a rewards address."""
-    from actors.node import NodePayments
-    from evm.networks import EvmSettingsError, resolve_settings
-
     if args.rewards_address is None:
         log.warning("no --rewards-address: this node stores for free and earns nothing")
         return None
+    from actors.node import NodePayments
+    from evm.networks import EvmSettingsError, resolve_settings
+
     try:
         settings = resolve_settings(
             args.evm_network,

@@ -275,7 +275,7 @@ _NODE_MODULES = (  # what ``cli run`` imports (cli.main.cmd_run): a forked node 
     "actors.node",
     "cli.config",
     "cli.logs",
-    "evm.networks",
+    "evm.networks",  # paid nodes only, but small
     "persistence.root_dir",
     "protocol.identity",
     "protocol.nat",
