@@ -106,12 +106,14 @@ def put_random_chunks(nodes: list[NodeEntry], count: int, size: int) -> list[byt
     return addresses
 
 
-def holds(node: NodeEntry, addresses: list[bytes], batch: int = 400) -> list[bytes]:
+def holds(node: NodeEntry, addresses: list[bytes], batch: int = 200) -> list[bytes]:
     """The ``addresses`` the node holds (asked in batches: a control message is bounded)."""
     held: list[bytes] = []
     for i in range(0, len(addresses), batch):
         part = addresses[i : i + batch]
-        answer = request(Path(node.root_dir), "holds", addresses=[a.hex() for a in part])
+        answer = request(
+            Path(node.root_dir), "holds", timeout=120, addresses=[a.hex() for a in part]
+        )
         held += [a for a, h in zip(part, answer, strict=True) if h]
     return held
 
