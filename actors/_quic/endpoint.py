@@ -1,19 +1,27 @@
-"""QuicEndpoint: one UDP socket carrying every QUIC connection of a node.
+"""QuicEndpoint: the asyncio shell around the transport core.
 
-The endpoint runs an asyncio loop in a thread it owns. All QUIC state lives on that
-thread; other threads reach it only through ``loop.call_soon_threadsafe`` (the
-public methods below do that), and the loop reaches actors only by ``tell`` and by
-completing pykka futures. The loop never waits for anything but its socket and its
-timers.
+The rules of the transport (connections, one per pair of peers; requests and
+replies; per-peer queues and dials; keep-alive; relay circuits; half-open admission)
+live in the sans-IO ``actors._quic.core.TransportCore``. This shell owns what the
+core must not: the one UDP socket (server and client connections share it: hole
+punching needs outbound packets to leave from the listening port), ICMP errors
+(``IP_RECVERR``), TTL-limited punch openers, the asyncio loop in a thread of its own
+and ONE timer, armed at the core's next deadline. It feeds the core datagrams,
+requests and the time, and carries out what the core returns: datagrams to send,
+completed futures, inbound requests for ``dispatch``, messages for the Handshake
+actor and peer events.
 
-Connections the node dials and connections it accepts share the one socket (hole
-punching needs outbound packets to leave from the listening port): datagrams are
-demultiplexed by destination connection ID.
+All core state lives on the loop thread; other threads reach it only through
+``loop.call_soon_threadsafe`` (the public methods below do that), and the loop
+reaches actors only by ``tell`` and by completing pykka futures. The loop never
+waits for anything but its socket and its timer. A query that must read the core
+from another thread (``connections``, ``counters``, ...) raises ``TransportBusy``
+if the loop does not answer in time: never a made-up default.
 
 On every new connection, once TLS is done, the Handshake actor runs the identity
 handshake over the first unidirectional stream of each side. Until it accepts the
 peer, request streams from it are held. After, each bidirectional stream carries one
-request frame and one reply frame. The endpoint answers ``Ping`` itself; every other
+request frame and one reply frame. The core answers ``Ping`` itself; every other
 request goes to ``dispatch``.
 
 Work for peers that proved nothing yet is bounded (``actors._quic.admission``): inbound
@@ -26,109 +34,57 @@ any connection state.
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import contextlib
 import errno
-import hashlib
-import itertools
 import logging
 import os
 import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Final, Literal, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, Final, TypeVar
 
 import msgspec
 import pykka
 
-from actors._quic.admission import (
-    RETRY_CID_BYTES,
-    HalfOpenAdmission,
-    HalfOpenLimits,
-    RetryTokens,
-    Verdict,
-    parse_initial,
-    retry_packet,
-)
-from actors._quic.backend import (
-    CONNECTION_ID_BYTES,
-    POST_QUANTUM_GROUPS,
-    RELAYED_DATAGRAM_SIZE,
-    ConnectionIdIssued,
-    ConnectionIdRetired,
-    DatagramReceived,
-    HandshakeDone,
-    PingAcknowledged,
-    QuicBackend,
-    QuicConnectionAdapter,
-    QuicSettings,
-    QuicStack,
-    SocketAddress,
-    StopSending,
-    StreamData,
-    StreamReset,
-    Terminated,
-    TlsCertificate,
-    group_name,
-    make_backend,
+from actors._quic.backend import QuicConnectionAdapter, SocketAddress
+from actors._quic.core import TransportCore, _Conn, _destination_cid
+from actors._quic.model import (
+    CascadeNeeded,
+    ConnectionInfo,
+    ControlReceived,
+    CoreEvent,
+    DialDone,
+    RequestDone,
+    RequestReceived,
+    ToHandshake,
+    TransportConfig,
+    TransportStats,
 )
 from actors.futures import NotifyingFuture
-from actors.handshake import (
-    BeginHandshake,
-    HandshakeClosed,
-    HandshakeFrame,
-    HandshakeTimer,
-)
-from actors.messages import Direction, InboundRequest, PeerConnected, PeerDisconnected
-from protocol.errors import (
-    AppErrorCode,
-    ConnectionLost,
-    PeerRejected,
-    PeerUnreachable,
-    RemoteError,
-    RequestTimeout,
-    TransportClosed,
-    TransportError,
-    error_code_of_reset,
-)
-from protocol.handshake import Accepted, Rejected, Role, hello_message
+from actors.messages import InboundRequest, PeerConnected, PeerDisconnected
+from protocol.errors import PeerUnreachable, TransportClosed, TransportError
+from protocol.handshake import Accepted, Rejected
 from protocol.identity import Identity
-from protocol.multiaddr import (
-    Multiaddr,
-    MultiaddrError,
-    format_multiaddr,
-    parse_multiaddr,
-    split_addrs,
-)
-from protocol.nat import (
-    NONCE_BYTES,
-    ControlKind,
-    How,
-    control_datagram,
-    is_control_datagram,
-    parse_control_datagram,
-)
-from protocol.relay import Circuit, Refused, RelayLimits, RelayTable, Reservation, pack, unpack
-from protocol.wire import (
-    HANDSHAKE_NONCE_BYTES,
-    INSTANCE_ID_BYTES,
-    Announce,
-    Error,
-    ErrorCode,
-    FrameDecoder,
-    Hello,
-    Message,
-    Ok,
-    Ping,
-    Pong,
-    Proof,
-    WireError,
-    encode_frame,
-)
+from protocol.multiaddr import Multiaddr, format_multiaddr
+from protocol.nat import NONCE_BYTES, ControlKind, How, control_datagram
+from protocol.relay import Circuit, Refused, Reservation
+from protocol.wire import Error, ErrorCode, Message, WireError, encode_frame
+
+__all__ = [
+    "CascadeSink",
+    "ConnectionInfo",
+    "ControlSink",
+    "Dispatch",
+    "EventSink",
+    "QuicEndpoint",
+    "TransportBusy",
+    "TransportConfig",
+    "TransportStats",
+    "_destination_cid",
+]
 
 log = logging.getLogger("actors.transport")
 
@@ -144,257 +100,21 @@ _EXTENDED_ERROR = struct.Struct("=IBBBBII")
 RECV_BATCH: Final = 256
 FLUSH_EVERY = 8
 """Datagrams read between two flushes (which send ACKs) in one readable burst."""
-DRAINING_BACKSTOP: Final = 10.0
-RECENTLY_CLOSED_STREAMS: Final = 1024
-HANDSHAKE_BACKSTOP: Final = 1.0
-ICMP_MIN_SILENCE: Final = 0.25
-"""An ICMP port unreachable closes a connection only if its peer has been silent this
-long (seconds)."""
-SERVICE_ROUNDS: Final = 4
-"""Rounds of handling events and sending for one connection in one flush."""
-CLOSE_LINGER: Final = 2.0
-"""A connection this node closed keeps answering its peer's packets (with the
-stack's CONNECTION_CLOSE) this long, in case the first close was lost."""
-
-MAX_CIRCUIT_PAYLOAD: Final = 1310
-"""Largest DATAGRAM frame payload sent on a relay leg: a larger one does not fit a
-1350-byte packet (qh3 then fails the whole connection). Bigger inner datagrams (path
-MTU probes) are dropped, as a path with that MTU would."""
-VIRTUAL_NET: Final = "0."
-"""Connections through a relay get a virtual peer address in 0.0.0.0/8 (no packet is
-ever sent to one: ``_sendto`` hands them to the relay)."""
-EXPECTED_PUNCH_SECONDS: Final = 15.0
-MAX_RELAYED_PER_PEER: Final = 4
 CALL_TIMEOUT: Final = 2.0
 """How long a thread waits for the loop to answer a query (``TransportBusy`` after)."""
 
-ConnState = Literal["quic", "identity", "ready", "closed"]
 EventSink = Callable[[PeerConnected | PeerDisconnected], None]
 Dispatch = Callable[[InboundRequest], None]
-ControlSink = Callable[[ControlKind, bytes, "SocketAddress"], None]
+ControlSink = Callable[[ControlKind, bytes, SocketAddress], None]
 """Receives control datagrams (a dial-back probe's nonce) on the loop thread."""
 CascadeSink = Callable[[bytes, list[str]], None]
 """Asked to reach a peer whose direct addresses failed, through its relayed addresses;
 it must eventually call ``QuicEndpoint.cascade_finished``."""
 
 
-@dataclass(frozen=True)
-class TransportConfig:
-    """How the Transport listens and how patient it is."""
-
-    host: str = "127.0.0.1"
-    port: int = 0
-    quic: QuicStack = "qh3"
-    advertise_hosts: tuple[str, ...] = ()
-    """Hosts to put in listen_addrs (default: the bound host, or this machine's
-    addresses when bound to 0.0.0.0)."""
-    idle_timeout: float = 60.0
-    keepalive_interval: float = 15.0
-    """QUIC PING period for connections used within the last ``idle_timeout``."""
-    handshake_timeout: float = 10.0
-    """TLS plus identity handshake must finish within this (dial timeout too)."""
-    request_timeout: float = 30.0
-    """Default deadline of a request: queueing, dialling, sending and the reply."""
-    max_in_flight_per_peer: int = 32
-    max_inbound_per_peer: int = 64
-    stream_read_timeout: float = 30.0
-    """An inbound request frame must be complete within this."""
-    probe_interval: float = 1.0
-    """With requests outstanding, PING a peer silent for this long."""
-    peer_silence_timeout: float = 5.0
-    """With requests outstanding, a peer silent this long despite PINGs is dead."""
-    max_connections: int = 4096
-    half_open_per_source: int = 16
-    """Inbound connections not yet through the identity handshake, per source IP;
-    a client Initial over the cap is dropped. Each must finish within
-    ``handshake_timeout`` or is closed."""
-    half_open_total: int = 256
-    """Inbound connections not yet through the identity handshake, in all."""
-    half_open_retry_above: int | None = None
-    """From this many half-open connections on, a client must first answer a QUIC
-    Retry (prove its address) to get a connection (None: half of ``half_open_total``;
-    0: always)."""
-    max_datagram_size: int = 1350
-    socket_buffer_bytes: int = 4 * 1024 * 1024
-    announce: bool = True
-    """Tell peers our listen addresses. A client does not: peers then know it is no node
-    and keep it out of their routing tables."""
-    close_on_port_unreachable: bool = True
-    """Close connections whose address answers ICMP port unreachable (a dead peer)."""
-    punch_ttl: int = 2
-    """IP TTL of hole-punch openers: enough to leave the home router, too little to
-    reach the far side's (whose router would otherwise remember them and give our
-    later flow another port)."""
-    relay_limits: RelayLimits = field(default_factory=RelayLimits)
-
-
-class ConnectionInfo(msgspec.Struct, frozen=True):
-    """One authenticated connection, as ``status --json`` shows it."""
-
-    peer_id: str
-    direction: Direction
-    remote_addr: str
-    pq: bool
-    """True when the key exchange was the hybrid post-quantum X25519MLKEM768."""
-    group: str
-    rtt_ms: float | None
-    quic: str
-    state: str
-    """``ready``, or ``draining`` for the loser of a simultaneous dial."""
-    age_s: float
-    requests_in_flight: int
-    requests_sent: int
-    requests_served: int
-    how: str = "direct"
-    """How the connection was made: ``direct``, ``punched`` or ``relayed``."""
-
-
-class TransportStats(msgspec.Struct):
-    """Counters since start."""
-
-    datagrams_received: int = 0
-    datagrams_sent: int = 0
-    datagrams_dropped: int = 0
-    connections_opened: int = 0
-    connections_accepted: int = 0
-    connections_closed: int = 0
-    duplicate_connections: int = 0
-    handshakes_rejected_locally: int = 0
-    handshakes_rejected_by_peer: int = 0
-    setup_timeouts: int = 0
-    requests_sent: int = 0
-    requests_served: int = 0
-    request_timeouts: int = 0
-    malformed_frames: int = 0
-    stalled_streams: int = 0
-    busy_rejections: int = 0
-    unexpected_streams: int = 0
-    port_unreachable: int = 0
-    stack_failures: int = 0
-    """Connections given up because the QUIC stack raised on them."""
-    event_holds: int = 0
-    """Times a connection's stack held received events back (qh3, congestion window
-    full; see ``actors._quic.backend``)."""
-    half_open: int = 0
-    """Inbound connections now between their first Initial and the identity
-    handshake's acceptance (a gauge, not a counter)."""
-    half_open_peak: int = 0
-    """The most ``half_open`` has been."""
-    half_open_refused: int = 0
-    """Client Initials dropped because their source or the node was at its
-    half-open cap (a refused client's retransmissions count again)."""
-    retries_sent: int = 0
-    """QUIC Retry packets sent (address validation under pressure)."""
-    retry_tokens_rejected: int = 0
-    """Initials whose token was not a valid, fresh Retry token of this node."""
-    handshake_timeouts: int = 0
-    """Inbound connections closed because their handshake (TLS and identity) was not
-    done within ``handshake_timeout``."""
-
-
 class TransportBusy(TransportError):
     """The transport's loop did not answer a query in time (it is overloaded): the
     answer is unknown, not a default."""
-
-
-# -- per-connection and per-request state (loop thread only) --------------------------
-
-
-@dataclass(eq=False)
-class _Outbound:
-    peer_id: bytes
-    frame: bytes = field(repr=False)
-    future: pykka.ThreadingFuture[Message] = field(repr=False)
-    deadline: float
-    timer: asyncio.TimerHandle | None = None
-    conn: _Conn | None = None
-    stream_id: int = -1
-    decoder: FrameDecoder = field(default_factory=FrameDecoder, repr=False)
-    dial_attempts: int = 0
-    retries: int = 0
-    done: bool = False
-
-
-@dataclass(eq=False)
-class _Inbound:
-    stream_id: int
-    decoder: FrameDecoder = field(default_factory=FrameDecoder, repr=False)
-    request: Message | None = None
-    timer: asyncio.TimerHandle | None = None
-
-
-@dataclass(eq=False)
-class _Conn:
-    id: int
-    quic: QuicConnectionAdapter
-    role: Role
-    addr: SocketAddress
-    created_at: float
-    state: ConnState = "quic"
-    draining: bool = False
-    peer_id: bytes | None = None
-    listen_addrs: tuple[str, ...] = ()
-    expected_peer_id: bytes | None = None
-    dial_addr: SocketAddress | None = None
-    dial_futures: list[pykka.ThreadingFuture[bytes]] = field(default_factory=list)
-    group: int | None = None
-    instance: bytes = b""
-    """The peer's per-process instance id, from its Hello."""
-    transcript: bytes = b""
-    cids: set[bytes] = field(default_factory=set)
-    timer: asyncio.TimerHandle | None = None
-    timer_at: float | None = None
-    setup_timer: asyncio.TimerHandle | None = None
-    keepalive_timer: asyncio.TimerHandle | None = None
-    probe_timer: asyncio.TimerHandle | None = None
-    last_received: float = 0.0
-    drain_timer: asyncio.TimerHandle | None = None
-    hs_send_stream: int | None = None
-    hs_recv_stream: int | None = None
-    hs_decoder: FrameDecoder = field(default_factory=FrameDecoder)
-    hs_pending: list[Message] | None = field(default_factory=list)
-    """Handshake frames received before the Handshake actor was told to begin."""
-    outbound: dict[int, _Outbound] = field(default_factory=dict)
-    inbound: dict[int, _Inbound] = field(default_factory=dict)
-    held: list[_Inbound] = field(default_factory=list)
-    recently_closed: collections.deque[int] = field(
-        default_factory=lambda: collections.deque(maxlen=RECENTLY_CLOSED_STREAMS)
-    )
-    ready_at: float = 0.0
-    last_used: float = 0.0
-    requests_sent: int = 0
-    requests_served: int = 0
-    ping_uids: dict[int, float] = field(default_factory=dict)
-    rtt_sample: float | None = None
-    holding_events: bool = False
-    how: How = How.DIRECT
-    circuit: tuple[bytes, int] | None = None
-    """(relay PeerId, circuit id) of a connection carried through a relay."""
-    pinned: bool = False
-    """Kept alive even when idle (the connection to this node's relay)."""
-    hello_addrs: tuple[str, ...] = ()
-    """The addresses this node's Hello announced on this connection."""
-
-    @property
-    def direction(self) -> Direction:
-        return "outbound" if self.role is Role.CLIENT else "inbound"
-
-    def locally_initiated(self, stream_id: int) -> bool:
-        return (stream_id & 1) == (0 if self.role is Role.CLIENT else 1)
-
-
-@dataclass(eq=False)
-class _Peer:
-    peer_id: bytes
-    conn: _Conn | None = None
-    queue: collections.deque[_Outbound] = field(default_factory=collections.deque)
-    in_flight: int = 0
-    addrs: list[SocketAddress] = field(default_factory=list)
-    relayed: list[str] = field(default_factory=list)
-    """Circuit multiaddrs of the peer (it is behind NAT and holds relay reservations)."""
-    dialing: bool = False
-    cascading: bool = False
-    """The NatTraverser is trying to reach the peer (punch, relay); requests wait."""
 
 
 class _Reply:
@@ -419,7 +139,7 @@ class _Reply:
             frame = encode_frame(message)
         except WireError as exc:
             frame = encode_frame(Error(ErrorCode.INTERNAL, f"reply cannot be encoded: {exc}"))
-        self._endpoint._post(self._endpoint._send_reply, self._conn_id, self._stream_id, frame)
+        self._endpoint._post(self._endpoint._reply, self._conn_id, self._stream_id, frame)
 
 
 class QuicEndpoint:
@@ -443,51 +163,32 @@ class QuicEndpoint:
         self._on_event = on_event
         self.on_control = on_control
         self.on_cascade = on_cascade
-        self.certificate = TlsCertificate.generate()
-        self._backend: QuicBackend = make_backend(
-            config.quic,
-            self.certificate,
-            QuicSettings(
-                idle_timeout=config.idle_timeout, max_datagram_size=config.max_datagram_size
-            ),
-        )
-        self._relayed_backend: QuicBackend | None = None
-        self.stack: QuicStack = config.quic
-        self.instance = os.urandom(INSTANCE_ID_BYTES)
+        self.core = TransportCore(identity, config, sink=self, cascades=on_cascade is not None)
+        self.certificate = self.core.certificate
+        self.stack = config.quic
+        self.instance = self.core.instance
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
         self._local: SocketAddress = (config.host, config.port)
-        self._listen_addrs: tuple[str, ...] = ()
-        self._announced: tuple[str, ...] | None = None
         # loop-thread state
-        self.relay = RelayTable(config.relay_limits)
-        self._circuit_addr: dict[tuple[bytes, int], SocketAddress] = {}
-        self._circuit_of: dict[SocketAddress, tuple[bytes, int]] = {}
-        self._virtual_ids = itertools.count(1)
-        self._expected_punches: dict[SocketAddress, float] = {}
-        self._conns: dict[int, _Conn] = {}
-        self._cids: dict[bytes, _Conn] = {}
-        self._peers: dict[bytes, _Peer] = {}
+        self._requests: dict[int, pykka.ThreadingFuture[Message]] = {}
+        self._dials: dict[int, pykka.ThreadingFuture[bytes]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._send_backlog: list[tuple[bytes, SocketAddress]] = []
         self._connected: dict[bytes, None] = {}
         """The peers with a connection, in order of connection (replaced, never changed)."""
-        self._ids = itertools.count(1)
-        self._ping_uids = itertools.count(1)
-        self._dirty: dict[_Conn, None] = {}
-        self._flush_scheduled = False
-        self._send_backlog: collections.deque[tuple[bytes, SocketAddress]] = collections.deque()
-        self._lingering: dict[bytes, tuple[QuicConnectionAdapter, float]] = {}
-        self._linger_timer: asyncio.TimerHandle | None = None
-        self._admission = HalfOpenAdmission(
-            HalfOpenLimits(
-                per_source=config.half_open_per_source,
-                total=config.half_open_total,
-                retry_above=config.half_open_retry_above,
-            )
-        )
-        self._retry_tokens = RetryTokens()
-        self.stats = TransportStats()
+
+    @property
+    def _conns(self) -> dict[int, _Conn]:
+        """The core's connections (for tests, on the loop thread)."""
+        return self.core._conns
+
+    @property
+    def _lingering(self) -> dict[bytes, tuple[QuicConnectionAdapter, float]]:
+        return self.core._lingering
 
     # -- lifecycle (any thread) --------------------------------------------------------
 
@@ -506,7 +207,7 @@ class QuicEndpoint:
         self._sock = sock
         host, port = sock.getsockname()[:2]
         self._local = (host, port)
-        self._listen_addrs = tuple(
+        self.core.listen_addrs = tuple(
             format_multiaddr(h, port, self.identity.peer_id) for h in self._advertised_hosts(host)
         )
         loop = asyncio.new_event_loop()
@@ -563,6 +264,20 @@ class QuicEndpoint:
             probe.close()
         return hosts
 
+    def _shutdown(self) -> None:
+        assert self._loop is not None
+        self.core.close(self._loop.time())
+        self._drive()
+        for futures in (self._requests, self._dials):
+            for future in futures.values():
+                _fail(future, TransportClosed("stopping"))
+            futures.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._send_backlog:
+            self._on_writable()
+        self._loop.stop()
+
     # -- public API (any thread) -------------------------------------------------------
 
     @property
@@ -570,7 +285,7 @@ class QuicEndpoint:
         return self._local
 
     def listen_addrs(self) -> list[str]:
-        return list(self._listen_addrs)
+        return list(self.core.listen_addrs)
 
     def request(
         self,
@@ -585,17 +300,12 @@ class QuicEndpoint:
         """
         future: pykka.ThreadingFuture[Message] = NotifyingFuture()
         try:
-            frame = encode_frame(message)
+            frame = encode_frame(message)  # here, not on the loop: a chunk is big
         except WireError as exc:
             _fail(future, exc)
             return future
-        if peer_id == self.identity.peer_id:
-            _fail(future, PeerUnreachable("a node does not send requests to itself"))
-            return future
         deadline = time.monotonic() + (self.config.request_timeout if timeout is None else timeout)
-        outbound = _Outbound(peer_id, frame, future, deadline)
-        hints, relayed = _addresses(addrs, peer_id)
-        if not self._post(self._submit, outbound, hints, relayed):
+        if not self._post(self._request, future, peer_id, frame, deadline, tuple(addrs)):
             _fail(future, TransportClosed("the transport is closed"))
         return future
 
@@ -613,22 +323,16 @@ class QuicEndpoint:
         one to dial again).
         """
         future: pykka.ThreadingFuture[bytes] = NotifyingFuture()
-        try:
-            target, expected = _dial_target(addr, expected_peer_id)
-        except (MultiaddrError, ValueError) as exc:
-            _fail(future, PeerUnreachable(f"cannot dial {addr!r}: {exc}"))
-            return future
-        wait = self.config.handshake_timeout if timeout is None else timeout
-        if not self._post(self._dial, target, expected, future, wait, how):
+        if not self._post(self._dial, future, addr, expected_peer_id, timeout, how):
             _fail(future, TransportClosed("the transport is closed"))
         return future
 
     def connections(self) -> list[ConnectionInfo]:
         """Every authenticated connection (for ``status``)."""
-        return self._call(self._connection_infos)
+        return self._call(lambda: self.core.connections(self._time()))
 
     def counters(self) -> TransportStats:
-        return self._call(lambda: msgspec.structs.replace(self.stats))
+        return self._call(lambda: msgspec.structs.replace(self.core.stats))
 
     def connected_peers(self) -> list[bytes]:
         """The peers with a connection (a snapshot the loop keeps: never waits)."""
@@ -636,30 +340,21 @@ class QuicEndpoint:
 
     def disconnect(self, peer_id: bytes) -> None:
         """Close the connection to ``peer_id`` (if any)."""
-        self._post(self._disconnect, peer_id)
+        self._post(self._in_core, lambda now: self.core.disconnect(peer_id, now))
 
     # -- NAT traversal (any thread; the NatTraverser decides, the loop carries out) -----
 
     def announced_addrs(self) -> list[str]:
         """What this node tells peers it can be reached at (its Hello and ``Announce``)."""
-        announced = self._announced
-        return list(self._listen_addrs if announced is None else announced)
+        return self.core.announced_addrs()
 
     def set_announced(self, addrs: Sequence[str] | None) -> None:
         """Announce ``addrs`` from now on (None: the listen addresses again)."""
-        self._announced = None if addrs is None else tuple(addrs)
+        self.core.set_announced(addrs)
 
     def peer_address(self, peer_id: bytes) -> SocketAddress | None:
         """The UDP address this node sees the peer at (None if not connected directly)."""
-
-        def find() -> SocketAddress | None:
-            peer = self._peers.get(peer_id)
-            conn = None if peer is None else peer.conn
-            if conn is None or conn.state != "ready" or conn.circuit is not None:
-                return None
-            return conn.addr
-
-        return self._call(find)
+        return self._call(lambda: self.core.peer_address(peer_id))
 
     def send_openers(self, addr: SocketAddress, count: int = 3) -> None:
         """Open this side's NAT mapping toward ``addr`` with small-TTL datagrams."""
@@ -667,59 +362,56 @@ class QuicEndpoint:
 
     def expect_punch(self, addr: SocketAddress) -> None:
         """A connection arriving from ``addr`` soon is a punched one (for ``how``)."""
-        self._post(self._expect_punch, addr)
+        self._post(self._in_core, lambda now: self.core.expect_punch(addr, now))
 
     def pin(self, peer_id: bytes, pinned: bool = True) -> None:
         """Keep the connection to ``peer_id`` alive even when idle (this node's relay)."""
-        self._post(self._pin, peer_id, pinned)
+        self._post(self.core.pin, peer_id, pinned)
 
     def dial_circuit(
         self, relay_id: bytes, circuit: int, expected_peer_id: bytes, timeout: float | None = None
     ) -> pykka.Future[bytes]:
         """Connect to ``expected_peer_id`` through circuit ``circuit`` of relay ``relay_id``."""
         future: pykka.ThreadingFuture[bytes] = NotifyingFuture()
-        wait = self.config.handshake_timeout if timeout is None else timeout
-        if not self._post(self._dial_circuit, relay_id, circuit, expected_peer_id, future, wait):
+
+        def start(now: float) -> None:
+            dial_id = self.core.dial_circuit(relay_id, circuit, expected_peer_id, now, timeout)
+            self._dials[dial_id] = future
+
+        if not self._post(self._in_core, start):
             _fail(future, TransportClosed("the transport is closed"))
         return future
 
     def accept_circuit(self, relay_id: bytes, circuit: int) -> None:
         """A peer will connect to this node through circuit ``circuit`` of ``relay_id``."""
-        self._post(self._circuit_address, relay_id, circuit)
+        self._post(self.core.accept_circuit, relay_id, circuit)
 
     def cascade_finished(self, peer_id: bytes, error: TransportError | None) -> None:
         """The NatTraverser is done trying to reach ``peer_id`` (see ``on_cascade``)."""
-        self._post(self._cascade_finished, peer_id, error)
+        self._post(self._in_core, lambda now: self.core.cascade_finished(peer_id, error, now))
 
     def relay_reserve(self, client: bytes) -> Reservation | Refused:
         now = time.monotonic()
-        return self._call(lambda: self.relay.reserve(client, now))
+        return self._call(lambda: self.core.relay_reserve(client, now))
 
     def relay_open(self, initiator: bytes, target: bytes) -> Circuit | Refused:
         now = time.monotonic()
-
-        def open_circuit() -> Circuit | Refused:
-            peer = self._peers.get(target)
-            if peer is None or peer.conn is None:
-                return Refused("the peer is not connected to this relay")
-            return self.relay.open(initiator, target, now)
-
-        return self._call(open_circuit)
+        return self._call(lambda: self.core.relay_open(initiator, target, now))
 
     def relay_close(self, circuit_id: int) -> None:
-        self._post(self.relay.close, circuit_id)
+        self._post(self.core.relay_close, circuit_id)
 
     def relay_status(self) -> dict[str, object]:
         now = time.monotonic()
-        return self._call(lambda: self.relay.status(now))
+        return self._call(lambda: self.core.relay_status(now))
 
     # -- HandshakeSink (called from the Handshake actor's thread) ---------------------
 
     def handshake_send(self, conn_id: int, frame: bytes) -> None:
-        self._post(self._handshake_send, conn_id, frame)
+        self._post(self._in_core, lambda now: self.core.handshake_send(conn_id, frame, now))
 
     def handshake_finished(self, conn_id: int, outcome: Accepted | Rejected) -> None:
-        self._post(self._handshake_finished, conn_id, outcome)
+        self._post(self._in_core, lambda now: self.core.handshake_finished(conn_id, outcome, now))
 
     # -- thread bridges ----------------------------------------------------------------
 
@@ -756,185 +448,172 @@ class QuicEndpoint:
         except concurrent.futures.TimeoutError:
             raise TransportBusy(f"the transport's loop did not answer within {timeout} s") from None
 
+    # -- feeding the core (loop thread) ------------------------------------------------
+
+    def _time(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def _in_core(self, change: Callable[[float], object]) -> None:
+        """Apply ``change(now)`` to the core, then carry out what it returned."""
+        change(self._time())
+        self._drive()
+
+    def _request(
+        self,
+        future: pykka.ThreadingFuture[Message],
+        peer_id: bytes,
+        frame: bytes,
+        deadline: float,
+        addrs: tuple[str, ...],
+    ) -> None:
+        if self._closed:
+            _fail(future, TransportClosed("the transport is closed"))
+            return
+        now = self._time()
+        request_id = self.core.request(peer_id, frame, now, max(0.0, deadline - now), addrs)
+        self._requests[request_id] = future
+        self._drive()
+
+    def _dial(
+        self,
+        future: pykka.ThreadingFuture[bytes],
+        addr: str | Multiaddr | SocketAddress,
+        expected: bytes | None,
+        timeout: float | None,
+        how: How,
+    ) -> None:
+        if self._closed:
+            _fail(future, TransportClosed("the transport is closed"))
+            return
+        dial_id = self.core.dial(addr, self._time(), expected, timeout, how)
+        self._dials[dial_id] = future
+        self._drive()
+
+    def _reply(self, conn_id: int, stream_id: int, frame: bytes) -> None:
+        self.core.reply(conn_id, stream_id, frame, self._time())
+        self._drive()
+
+    def _drive(self) -> None:
+        """Send what the core has to send, carry out its events, arm the one timer."""
+        core = self.core
+        while True:
+            for data, addr in core.datagrams_to_send(self._time()):
+                self._sendto(data, addr)
+            while (event := core.next_event()) is not None:
+                self._carry_out(event)
+            if not core.has_work():  # ICMP errors read while sending feed the core too
+                break
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        assert self._loop is not None
+        at = self.core.get_timer()
+        if at == self._timer_at and (at is None or self._timer is not None):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = None if at is None else self._loop.call_at(at, self._on_timer, at)
+
+    def _on_timer(self, at: float) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.core.handle_timer(max(self._time(), at))
+        self._drive()
+
+    def _carry_out(self, event: CoreEvent) -> None:
+        match event:
+            case RequestDone(request_id=request_id, reply=reply, error=error):
+                request = self._requests.pop(request_id, None)
+                if request is None:
+                    return  # the core's own request (an Announce)
+                if error is not None:
+                    _fail(request, error)
+                else:
+                    assert reply is not None
+                    request.set(reply)
+            case DialDone(dial_id=dial_id, peer_id=peer_id, error=error):
+                dial = self._dials.pop(dial_id, None)
+                if dial is None:
+                    return
+                if error is not None:
+                    _fail(dial, error)
+                else:
+                    dial.set(peer_id)
+            case RequestReceived(conn_id=conn_id, stream_id=stream_id, peer_id=peer_id):
+                respond = _Reply(self, conn_id, stream_id)
+                try:
+                    self._dispatch(InboundRequest(peer_id, event.message, respond))
+                except Exception:
+                    log.exception("dispatch of %s failed", type(event.message).__name__)
+                    respond(Error(ErrorCode.INTERNAL, "the node could not handle the request"))
+            case ToHandshake(message=message):
+                try:
+                    self._handshake.tell(message)
+                except pykka.ActorDeadError:
+                    # the connection is left to its deadline
+                    level = logging.DEBUG if self._closed else logging.WARNING
+                    name = type(message).__name__
+                    log.log(level, "the Handshake actor is gone: %s dropped", name)
+            case CascadeNeeded(peer_id=peer_id, relayed=relayed):
+                try:
+                    assert self.on_cascade is not None
+                    self.on_cascade(peer_id, list(relayed))
+                except Exception:
+                    log.exception("the NAT traversal cascade could not start")
+                    error = PeerUnreachable("the NAT traversal cascade could not start")
+                    self.core.cascade_finished(peer_id, error, self._time())
+            case ControlReceived(kind=kind, nonce=nonce, addr=addr):
+                if self.on_control is not None:
+                    try:
+                        self.on_control(kind, nonce, addr)
+                    except Exception:
+                        log.exception("control datagram handler failed")
+            case PeerConnected() | PeerDisconnected():
+                self._peer_event(event)
+
+    def _peer_event(self, event: PeerConnected | PeerDisconnected) -> None:
+        connected = dict(self._connected)  # copied, then swapped: readers never lock
+        if isinstance(event, PeerConnected):
+            connected[event.peer_id] = None
+        else:
+            connected.pop(event.peer_id, None)
+        self._connected = connected
+        try:
+            self._on_event(event)
+        except Exception:
+            log.exception("peer event %s was not delivered", type(event).__name__)
+
     # -- socket I/O ------------------------------------------------------------------
 
     def _on_readable(self) -> None:
-        """Read what the socket holds; consecutive datagrams of one connection go to
-        the stack as one batch (qh3 then crosses into its native core once)."""
+        """Read what the socket holds and feed it to the core, with a flush (which
+        sends ACKs: the sender is ACK-clocked) every ``FLUSH_EVERY`` datagrams."""
         sock = self._sock
-        assert sock is not None and self._loop is not None
-        now = self._loop.time()
-        batch: list[bytes] = []
-        batch_conn: _Conn | None = None
-        batch_addr: SocketAddress = ("", 0)
+        assert sock is not None
+        batch: list[tuple[bytes, SocketAddress]] = []
         for count in range(1, RECV_BATCH + 1):
             try:
                 data, addr = sock.recvfrom(65535)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
+                if batch:
+                    self.core.receive_datagrams(batch, self._time())
+                    batch = []
                 self._drain_error_queue()
                 continue
-            self.stats.datagrams_received += 1
-            if is_control_datagram(data):
-                self._on_control_datagram(data, addr)
-                continue
-            conn = self._route(data, addr, now)
-            if conn is not None:
-                if conn is not batch_conn or addr != batch_addr:
-                    if batch_conn is not None:
-                        self._deliver(batch_conn, batch_addr, batch, now)
-                    batch, batch_conn, batch_addr = [], conn, addr
-                batch.append(data)
-            if count % FLUSH_EVERY == 0:  # acknowledge as we go: the sender is ACK-clocked
-                if batch_conn is not None:
-                    self._deliver(batch_conn, batch_addr, batch, now)
-                    batch, batch_conn = [], None
-                self._flush()
-                now = self._loop.time()
-        if batch_conn is not None:
-            self._deliver(batch_conn, batch_addr, batch, now)
-        if self._dirty:
-            self._flush()
-
-    def _route(self, data: bytes, addr: SocketAddress, now: float) -> _Conn | None:
-        """The connection a datagram belongs to (new if it opens one); None if consumed
-        or dropped here."""
-        cid = _destination_cid(data)
-        if cid is None:
-            self.stats.datagrams_dropped += 1
-            return None
-        conn = self._cids.get(cid)
-        if conn is not None:
-            return conn
-        if cid in self._lingering:
-            self._linger_receive(cid, data, addr, now)
-            return None
-        conn = self._accept(data, cid, addr, now)
-        if conn is None:
-            self.stats.datagrams_dropped += 1
-        return conn
-
-    def _deliver(
-        self, conn: _Conn, addr: SocketAddress, datagrams: list[bytes], now: float
-    ) -> None:
-        if conn.state == "closed":
-            return
-        try:
-            conn.quic.receive_datagrams(datagrams, addr, now)
-        except Exception:
-            log.exception("QUIC stack failed on datagrams from %s:%d", *addr)
-            self._stack_failed(conn)
-            return
-        if not conn.last_received and conn.role is Role.SERVER and conn.quic.close_event():
-            # Stillborn: the datagram that made the connection is not the start of a
-            # client's flight (say its first datagram was refused at the half-open cap
-            # and this is the PING of a probe). Forget it without a word: the client's
-            # next probe carries its ClientHello and gets a connection.
-            self._abort(conn, "no ClientHello", PeerUnreachable("no ClientHello"))
-            return
-        if conn.state == "ready" and addr != conn.addr:
-            log.info("peer %s moved from %s:%d to %s:%d", _short(conn.peer_id), *conn.addr, *addr)
-        conn.addr = addr
-        conn.last_received = now
-        self._dirty[conn] = None
-
-    def _linger_receive(self, cid: bytes, data: bytes, addr: SocketAddress, now: float) -> None:
-        quic, until = self._lingering[cid]
-        if now > until:
-            del self._lingering[cid]
-            return
-        try:
-            quic.receive_datagram(data, addr, now)
-            for datagram, target in quic.datagrams_to_send(now):
-                self._sendto(datagram, target)
-        except Exception:
-            log.debug("closed connection failed on a late datagram", exc_info=True)
-
-    def _accept(self, data: bytes, cid: bytes, addr: SocketAddress, now: float) -> _Conn | None:
-        """A new inbound connection for a client Initial; None to drop the datagram.
-
-        Unauthenticated work is bounded (``actors._quic.admission``): an Initial over
-        the half-open caps is dropped before anything is allocated, and under
-        pressure an unvalidated client gets a stateless Retry instead."""
-        is_initial = len(data) >= 1200 and data[0] & 0xF0 == 0xC0  # long header, Initial
-        if not is_initial or self._closed or len(self._conns) >= self.config.max_connections:
-            return None
-        header = parse_initial(data)
-        if header is None:
-            return None
-        host = addr[0]
-        admission = self._admission
-        if admission.decide(host, validated=True) is Verdict.REFUSE:
-            self.stats.half_open_refused += 1
-            return None
-        original, retry_cid = cid, None
-        if header.token:
-            checked = self._retry_tokens.check(addr, header.destination_cid, header.token, now)
-            if checked is None:
-                self.stats.retry_tokens_rejected += 1
-            else:
-                original, retry_cid = checked, header.destination_cid
-        # a relay circuit cannot be spoofed (and a Retry through one only costs time)
-        validated = retry_cid is not None or host.startswith(VIRTUAL_NET)
-        if admission.decide(host, validated) is Verdict.RETRY:
-            if header.token:  # a client answers one Retry only: this one is lost
-                return None
-            new_cid = os.urandom(RETRY_CID_BYTES)
-            token = self._retry_tokens.mint(addr, header.destination_cid, new_cid, now)
-            self._sendto(retry_packet(header, new_cid, token), addr)
-            self.stats.retries_sent += 1
-            return None
-        quic = self._backend_for(addr).server(original_dcid=original, retry_cid=retry_cid)
-        conn = self._new_conn(quic, Role.SERVER, addr, now)
-        self._map_cid(conn, cid)
-        admission.opened(conn.id, host)
-        self._count_half_open()
-        if addr in self._circuit_of:
-            conn.how = How.RELAYED
-            conn.circuit = self._circuit_of[addr]
-        elif self._expected_punches.pop(addr, 0.0) >= now:
-            conn.how = How.PUNCHED
-        return conn
-
-    def _backend_for(self, addr: SocketAddress) -> QuicBackend:
-        """The stack for a peer address: connections through a relay use smaller datagrams."""
-        if not addr[0].startswith(VIRTUAL_NET):
-            return self._backend
-        if self._relayed_backend is None:
-            self._relayed_backend = make_backend(
-                self.config.quic,
-                self.certificate,
-                QuicSettings(
-                    idle_timeout=self.config.idle_timeout, max_datagram_size=RELAYED_DATAGRAM_SIZE
-                ),
-            )
-        return self._relayed_backend
-
-    def _new_conn(
-        self, quic: QuicConnectionAdapter, role: Role, addr: SocketAddress, now: float
-    ) -> _Conn:
-        assert self._loop is not None
-        conn = _Conn(next(self._ids), quic, role, addr, created_at=now)
-        self._conns[conn.id] = conn
-        self._map_cid(conn, quic.host_cid)
-        conn.setup_timer = self._loop.call_at(
-            now + self.config.handshake_timeout, self._setup_expired, conn
-        )
-        if role is Role.CLIENT:
-            self.stats.connections_opened += 1
-        else:
-            self.stats.connections_accepted += 1
-        return conn
-
-    def _map_cid(self, conn: _Conn, cid: bytes) -> None:
-        self._cids[cid] = conn
-        conn.cids.add(cid)
+            batch.append((data, addr))
+            if count % FLUSH_EVERY == 0:
+                self.core.receive_datagrams(batch, self._time())
+                batch = []
+                self._drive()
+        if batch:
+            self.core.receive_datagrams(batch, self._time())
+        self._drive()
 
     def _sendto(self, data: bytes, addr: SocketAddress) -> None:
-        if addr[0].startswith(VIRTUAL_NET):
-            self._send_circuit(data, addr)
-            return
         sock = self._sock
         assert sock is not None and self._loop is not None
         if self._send_backlog:
@@ -943,7 +622,7 @@ class QuicEndpoint:
         for _attempt in range(2):
             try:
                 sock.sendto(data, addr)
-                self.stats.datagrams_sent += 1
+                self.core.stats.datagrams_sent += 1
                 return
             except (BlockingIOError, InterruptedError):
                 self._send_backlog.append((data, addr))
@@ -962,20 +641,26 @@ class QuicEndpoint:
     def _on_writable(self) -> None:
         sock = self._sock
         assert sock is not None and self._loop is not None
-        while self._send_backlog:
-            data, addr = self._send_backlog[0]
+        backlog = self._send_backlog
+        sent = 0
+        while sent < len(backlog):
+            data, addr = backlog[sent]
             try:
                 sock.sendto(data, addr)
-                self.stats.datagrams_sent += 1
+                self.core.stats.datagrams_sent += 1
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as exc:
                 if exc.errno in PENDING_ICMP_ERRORS:
                     self._drain_error_queue()
                     continue
                 log.debug("send to %s:%d failed: %s", addr[0], addr[1], exc)
-            self._send_backlog.popleft()
-        self._loop.remove_writer(sock.fileno())
+            sent += 1
+        del backlog[:sent]
+        if not backlog:
+            self._loop.remove_writer(sock.fileno())
+        if self.core.has_work():
+            self._drive()
 
     def _drain_error_queue(self) -> None:
         """Read ICMP errors (IP_RECVERR): a closed port on a peer's address means it died."""
@@ -1002,569 +687,11 @@ class QuicEndpoint:
                     unreachable.add((addr[0], addr[1]))
                 elif icmp_type == ICMP_DEST_UNREACH:  # not a punch opener's time exceeded
                     no_route.add((addr[0], addr[1]))
+        now = self._time()
         for target in unreachable:
-            self._port_unreachable(target)
+            self.core.port_unreachable(target, now)
         for target in no_route:
-            self._no_route(target)
-
-    def _no_route(self, addr: SocketAddress) -> None:
-        """A router says there is no way to ``addr``: dials to it fail now, not at their
-        timeout (typically a peer's private LAN address announced before it knew)."""
-        for conn in [c for c in self._conns.values() if c.addr == addr and c.state == "quic"]:
-            if conn.role is Role.CLIENT:
-                detail = f"{addr[0]}:{addr[1]}: no route (ICMP destination unreachable)"
-                self._abort(conn, "no route", PeerUnreachable(detail))
-
-    def _port_unreachable(self, addr: SocketAddress) -> None:
-        self.stats.port_unreachable += 1
-        if not self.config.close_on_port_unreachable:
-            return
-        assert self._loop is not None
-        now = self._loop.time()
-        for conn in [c for c in self._conns.values() if c.addr == addr]:
-            # ICMP is unauthenticated: believe it only of a peer that went quiet (a
-            # live one is still talking; the liveness probe asks again soon)
-            if now - conn.last_received < ICMP_MIN_SILENCE:
-                continue
-            log.info("%s:%d is unreachable (ICMP port unreachable): closing", *addr)
-            if conn.state == "ready":
-                error: TransportError = ConnectionLost(f"{addr[0]}:{addr[1]} port unreachable")
-            else:
-                error = PeerUnreachable(f"{addr[0]}:{addr[1]} port unreachable")
-            self._abort(conn, "port unreachable", error)
-
-    # -- servicing connections ------------------------------------------------------------
-
-    def _touch(self, conn: _Conn) -> None:
-        self._dirty[conn] = None
-        if not self._flush_scheduled and self._loop is not None:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        """Process events and send datagrams of every connection touched since last time."""
-        self._flush_scheduled = False
-        while self._dirty:
-            conn = next(iter(self._dirty))
-            del self._dirty[conn]
-            if conn.state == "closed":
-                continue
-            try:
-                self._service(conn)
-            except Exception:
-                log.exception("connection %d failed", conn.id)
-                self._stack_failed(conn)
-
-    def _service(self, conn: _Conn) -> None:
-        """Handle the connection's events and send what it has to send.
-
-        Sending can release events the stack held back (see ``actors._quic.backend``,
-        qh3), and handling those can give more to send: a few rounds, then the rest
-        waits for the next flush.
-        """
-        assert self._loop is not None
-        for _round in range(SERVICE_ROUNDS):
-            self._process_events(conn)
-            if _is_closed(conn):
-                return
-            peer = self._peers.get(conn.peer_id) if conn.peer_id is not None else None
-            if peer is not None and peer.queue and peer.conn is conn:
-                self._pump(peer)  # the peer may have raised its stream limit
-            for data, addr in conn.quic.datagrams_to_send(self._loop.time()):
-                self._sendto(data, addr)
-            holding = conn.quic.holding_events()
-            if holding and not conn.holding_events:
-                self.stats.event_holds += 1
-            conn.holding_events = holding
-            closing = conn.quic.close_event()
-            if closing is not None:
-                self._on_terminated(conn, *closing)
-                return
-            if not conn.quic.has_events():
-                break
-        else:
-            self._touch(conn)
-        self._arm_timer(conn)
-
-    def _stack_failed(self, conn: _Conn) -> None:
-        """The QUIC stack raised on ``conn``: its state cannot be trusted any more.
-        Fail what waits on it at once, tell the peer if the stack still can, and let
-        the next request to the peer dial a new connection."""
-        self.stats.stack_failures += 1
-        self._close(
-            conn,
-            AppErrorCode.INTERNAL_ERROR,
-            "internal error",
-            ConnectionLost("the QUIC stack failed on the connection"),
-        )
-
-    def _arm_timer(self, conn: _Conn) -> None:
-        assert self._loop is not None
-        at = conn.quic.get_timer()
-        if at == conn.timer_at:
-            return
-        if conn.timer is not None:
-            conn.timer.cancel()
-        conn.timer_at = at
-        conn.timer = None if at is None else self._loop.call_at(at, self._on_quic_timer, conn)
-
-    def _on_quic_timer(self, conn: _Conn) -> None:
-        assert self._loop is not None
-        conn.timer = None
-        conn.timer_at = None
-        if conn.state == "closed":
-            return
-        try:
-            conn.quic.handle_timer(self._loop.time())
-        except Exception:
-            log.exception("connection %d failed on its timer", conn.id)
-            self._stack_failed(conn)
-            return
-        self._touch(conn)
-
-    def _process_events(self, conn: _Conn) -> None:
-        while conn.state != "closed":
-            event = conn.quic.next_event()
-            if event is None:
-                return
-            match event:
-                case StreamData():
-                    self._on_stream_data(conn, event)
-                case HandshakeDone():
-                    self._on_tls_done(conn)
-                case StreamReset(stream_id=stream_id, error_code=code):
-                    self._on_stream_reset(conn, stream_id, code)
-                case StopSending(stream_id=stream_id, error_code=code):
-                    self._on_stop_sending(conn, stream_id, code)
-                case ConnectionIdIssued(connection_id=cid):
-                    self._map_cid(conn, cid)
-                case ConnectionIdRetired(connection_id=cid):
-                    if self._cids.get(cid) is conn:
-                        del self._cids[cid]
-                    conn.cids.discard(cid)
-                case DatagramReceived(data=data):
-                    self._on_datagram_frame(conn, data)
-                case PingAcknowledged(uid=uid):
-                    sent = conn.ping_uids.pop(uid, None)
-                    if sent is not None and self._loop is not None:
-                        conn.rtt_sample = self._loop.time() - sent
-                case Terminated(error_code=code, reason=reason):
-                    self._on_terminated(conn, code, reason)
-
-    # -- connection lifecycle -------------------------------------------------------------
-
-    def _dial(
-        self,
-        addr: SocketAddress,
-        expected: bytes | None,
-        future: pykka.ThreadingFuture[bytes],
-        wait: float,
-        how: How = How.DIRECT,
-    ) -> None:
-        if self._closed:
-            _fail(future, TransportClosed("the transport is closed"))
-            return
-        if expected is not None:
-            if expected == self.identity.peer_id:
-                _fail(future, PeerRejected("self_connection", "that is this node's own PeerId"))
-                return
-            peer = self._peer(expected)
-            if how is How.DIRECT:
-                _remember_addr(peer, addr)
-            if peer.conn is not None:
-                future.set(expected)
-                return
-        for conn in self._conns.values():
-            if (
-                conn.role is Role.CLIENT
-                and conn.state in ("quic", "identity")
-                and conn.dial_addr == addr
-                and conn.expected_peer_id == expected
-            ):
-                conn.dial_futures.append(future)
-                return
-        self._open(addr, expected, [future], wait, how)
-
-    def _open(
-        self,
-        addr: SocketAddress,
-        expected: bytes | None,
-        futures: list[pykka.ThreadingFuture[bytes]],
-        wait: float | None = None,
-        how: How = How.DIRECT,
-    ) -> _Conn:
-        assert self._loop is not None
-        now = self._loop.time()
-        quic = self._backend_for(addr).client()
-        quic.connect(addr, now)
-        conn = self._new_conn(quic, Role.CLIENT, addr, now)
-        conn.how = how
-        conn.dial_addr = addr
-        conn.expected_peer_id = expected
-        conn.dial_futures.extend(futures)
-        if wait is not None and wait != self.config.handshake_timeout:
-            assert conn.setup_timer is not None
-            conn.setup_timer.cancel()
-            conn.setup_timer = self._loop.call_at(now + wait, self._setup_expired, conn)
-        if expected is not None:
-            self._peer(expected).dialing = True
-        self._touch(conn)
-        return conn
-
-    def _on_tls_done(self, conn: _Conn) -> None:
-        if conn.role is Role.CLIENT:
-            der = conn.quic.peer_certificate_der()
-            if der is None:
-                self._reject(conn, "protocol_violation", "the server sent no certificate")
-                return
-            cert_hash = hashlib.sha256(der).digest()
-        else:
-            cert_hash = self.certificate.sha256
-        conn.group = conn.quic.key_exchange_group()
-        conn.state = "identity"
-        conn.hs_send_stream = conn.quic.next_stream_id(unidirectional=True)
-        deadline = conn.created_at + self.config.handshake_timeout
-        if conn.setup_timer is not None:
-            deadline = conn.setup_timer.when()
-        # The Hello needs no signature: send it now, in the flight of TLS's last
-        # message, so both sides get each other's nonce (and sign) at the same time.
-        nonce = os.urandom(HANDSHAKE_NONCE_BYTES)
-        announced = tuple(self.announced_addrs()) if self.config.announce else ()
-        conn.hello_addrs = announced
-        hello = hello_message(self.identity, nonce, cert_hash, self.instance, announced)
-        conn.quic.send(conn.hs_send_stream, encode_frame(hello))
-        self._tell_handshake(
-            BeginHandshake(
-                conn_id=conn.id,
-                role=conn.role,
-                cert_hash=cert_hash,
-                deadline=deadline,
-                expected_peer_id=conn.expected_peer_id,
-                listen_addrs=announced,
-                instance=self.instance,
-                nonce=nonce,
-                hello_sent=True,
-                remote=f"{conn.addr[0]}:{conn.addr[1]}",
-                sink=self,
-            )
-        )
-        pending, conn.hs_pending = conn.hs_pending or [], None
-        for message in pending:
-            self._tell_handshake(HandshakeFrame(conn.id, message, self))
-
-    def _handshake_send(self, conn_id: int, frame: bytes) -> None:
-        conn = self._conns.get(conn_id)
-        if conn is None or conn.state == "closed" or conn.hs_send_stream is None:
-            return
-        conn.quic.send(conn.hs_send_stream, frame)
-        self._touch(conn)
-
-    def _handshake_finished(self, conn_id: int, outcome: Accepted | Rejected) -> None:
-        conn = self._conns.get(conn_id)
-        if conn is None or conn.state == "closed":
-            return
-        if isinstance(outcome, Rejected):
-            self.stats.handshakes_rejected_locally += 1
-            self._reject(conn, outcome.reason.value, outcome.detail)
-            return
-        assert self._loop is not None
-        if conn.setup_timer is not None:
-            conn.setup_timer.cancel()
-            conn.setup_timer = None
-        now = self._loop.time()
-        conn.state = "ready"
-        if self._admission.finished(conn.id):
-            self._count_half_open()
-        conn.peer_id = outcome.peer_id
-        conn.listen_addrs = outcome.listen_addrs
-        conn.instance = outcome.instance
-        conn.transcript = outcome.transcript
-        conn.ready_at = now
-        conn.last_used = now
-        if conn.hs_send_stream is not None:
-            conn.quic.send(conn.hs_send_stream, b"", end_stream=True)
-        peer = self._peer(outcome.peer_id)
-        direct, peer.relayed = _addresses(outcome.listen_addrs, outcome.peer_id)
-        for addr in direct:
-            _remember_addr(peer, addr)
-        if conn.dial_addr is not None and conn.how is How.DIRECT:
-            _remember_addr(peer, conn.dial_addr, first=True)
-        futures, conn.dial_futures = conn.dial_futures, []
-        for future in futures:
-            future.set(outcome.peer_id)
-        self._install(conn, peer)
-        if self.config.announce and conn.hello_addrs != tuple(self.announced_addrs()):
-            # The addresses changed during the handshake, after the Hello left, and the
-            # NatTraverser's Announce went only to the peers connected then.
-            self.request(outcome.peer_id, Announce(self.announced_addrs()), 5.0)
-        held, conn.held = conn.held, []
-        for inbound in held:
-            self._handle_request(conn, inbound)
-        self._schedule_keepalive(conn)
-        self._ping(conn)
-        self._touch(conn)
-
-    def _install(self, conn: _Conn, peer: _Peer) -> None:
-        """Make ``conn`` the peer's connection, or keep the current one (one per pair).
-
-        Both sides choose alike, with nothing but what they share: a connection from
-        a new run of the peer's process replaces the old one (which is dead); else
-        the connection dialled by the lower PeerId wins, and between two dialled by
-        the same side, the lower transcript hash.
-        """
-        current = peer.conn
-        peer.dialing = False
-        if current is None or current is conn or current.state != "ready":
-            peer.conn = conn
-            self._emit_connected(conn)
-        elif conn.instance != current.instance:
-            peer.conn = conn
-            log.info("peer %s restarted: replacing its old connection", _short(peer.peer_id))
-            self._close(current, AppErrorCode.DUPLICATE, "the peer restarted", None)
-            self._emit_connected(conn)
-        elif self._rank(conn) < self._rank(current):
-            peer.conn = conn
-            self._retire(current)
-        else:
-            self._retire(conn)
-        self._pump(peer)
-
-    def _emit_connected(self, conn: _Conn) -> None:
-        assert conn.peer_id is not None
-        self._emit(
-            PeerConnected(
-                peer_id=conn.peer_id,
-                listen_addrs=conn.listen_addrs,
-                remote_host=conn.addr[0],
-                remote_port=conn.addr[1],
-                direction=conn.direction,
-            )
-        )
-
-    def _rank(self, conn: _Conn) -> tuple[bytes, bytes]:
-        return (self._dialer(conn), conn.transcript)
-
-    def _dialer(self, conn: _Conn) -> bytes:
-        assert conn.peer_id is not None
-        return self.identity.peer_id if conn.role is Role.CLIENT else conn.peer_id
-
-    def _retire(self, conn: _Conn) -> None:
-        """The losing connection of a pair: no new requests; its dialer closes it once idle."""
-        assert self._loop is not None
-        self.stats.duplicate_connections += 1
-        conn.draining = True
-        conn.drain_timer = self._loop.call_later(DRAINING_BACKSTOP, self._close_drained, conn)
-        self._maybe_close_drained(conn)
-
-    def _maybe_close_drained(self, conn: _Conn) -> None:
-        if (
-            conn.draining
-            and conn.role is Role.CLIENT
-            and not conn.outbound
-            and not conn.inbound
-            and not conn.held
-        ):
-            self._close_drained(conn)
-
-    def _close_drained(self, conn: _Conn) -> None:
-        if conn.state != "closed":
-            self._close(conn, AppErrorCode.DUPLICATE, "replaced by another connection", None)
-
-    def _setup_expired(self, conn: _Conn) -> None:
-        assert self._loop is not None
-        conn.setup_timer = None
-        if conn.role is Role.SERVER and conn.state in ("quic", "identity"):
-            self.stats.handshake_timeouts += 1
-        if conn.state == "quic":
-            self.stats.setup_timeouts += 1
-            detail = f"no QUIC handshake with {conn.addr[0]}:{conn.addr[1]}"
-            self._close(conn, AppErrorCode.HANDSHAKE_REJECTED, "stalled", PeerUnreachable(detail))
-        elif conn.state == "identity":
-            self._tell_handshake(HandshakeTimer(conn.id, self._loop.time(), self))
-            conn.setup_timer = self._loop.call_later(HANDSHAKE_BACKSTOP, self._setup_backstop, conn)
-
-    def _setup_backstop(self, conn: _Conn) -> None:
-        """The Handshake actor did not answer the timer: close anyway."""
-        conn.setup_timer = None
-        if conn.state == "identity":
-            self.stats.setup_timeouts += 1
-            self._reject(conn, "stalled", "no identity handshake result in time")
-
-    def _reject(self, conn: _Conn, reason: str, detail: str) -> None:
-        log.info("closing connection to %s:%d: handshake %s (%s)", *conn.addr, reason, detail)
-        self._close(conn, AppErrorCode.HANDSHAKE_REJECTED, reason, PeerRejected(reason, detail))
-
-    def _close(
-        self, conn: _Conn, code: AppErrorCode, reason: str, error: TransportError | None
-    ) -> None:
-        """Close ``conn`` (sending CONNECTION_CLOSE) and fail what waits on it."""
-        if conn.state == "closed":
-            return
-        assert self._loop is not None
-        now = self._loop.time()
-        try:
-            for data, addr in conn.quic.datagrams_to_send(now):  # what is queued goes first
-                self._sendto(data, addr)
-        except Exception:
-            log.debug("could not send what connection %d had queued", conn.id, exc_info=True)
-        try:
-            conn.quic.close(int(code), reason)
-            for data, addr in conn.quic.datagrams_to_send(now):
-                self._sendto(data, addr)
-        except Exception:
-            log.debug("could not send the close of connection %d", conn.id, exc_info=True)
-        self._finalize(conn, reason, error or ConnectionLost(reason), code)
-        if not self._closed:
-            for cid in conn.cids:
-                self._lingering[cid] = (conn.quic, now + CLOSE_LINGER)
-            if self._linger_timer is None:
-                self._linger_timer = self._loop.call_at(now + CLOSE_LINGER, self._prune_lingering)
-
-    def _prune_lingering(self) -> None:
-        """Release the closed connections whose linger time is over (the dict is in
-        order of closing, so of expiry)."""
-        assert self._loop is not None
-        self._linger_timer = None
-        now = self._loop.time()
-        lingering = self._lingering
-        while lingering:
-            cid = next(iter(lingering))
-            until = lingering[cid][1]
-            if until > now:
-                if not self._closed:
-                    self._linger_timer = self._loop.call_at(until, self._prune_lingering)
-                return
-            del lingering[cid]
-
-    def _count_half_open(self) -> None:
-        self.stats.half_open = self._admission.count
-        self.stats.half_open_peak = self._admission.peak
-
-    def _abort(self, conn: _Conn, reason: str, error: TransportError) -> None:
-        """Forget ``conn`` without telling the peer (it is gone or the stack failed)."""
-        self._finalize(conn, reason, error, AppErrorCode.NO_ERROR)
-
-    def _on_terminated(self, conn: _Conn, code: int, reason: str) -> None:
-        error: TransportError
-        if code == AppErrorCode.HANDSHAKE_REJECTED:
-            self.stats.handshakes_rejected_by_peer += 1
-            log.info("peer at %s:%d rejected the handshake: %s", *conn.addr, reason)
-            error = PeerRejected("rejected_by_peer", reason)
-        elif conn.state == "quic":
-            error = PeerUnreachable(f"QUIC connection failed: {reason or code}")
-        elif conn.state == "identity":
-            error = PeerRejected("connection_lost", reason or f"closed with code {code}")
-        else:
-            error = ConnectionLost(f"connection closed by peer: {reason or code}")
-        description = reason or f"closed with code {code:#x}"
-        self._finalize(conn, description, error, code)
-
-    def _finalize(self, conn: _Conn, reason: str, error: TransportError, code: int) -> None:
-        if conn.state == "closed":
-            return
-        was_ready = conn.state == "ready"
-        conn.state = "closed"
-        self.stats.connections_closed += 1
-        if self._admission.finished(conn.id):
-            self._count_half_open()
-        self._conns.pop(conn.id, None)
-        for cid in conn.cids:
-            if self._cids.get(cid) is conn:
-                del self._cids[cid]
-        self._dirty.pop(conn, None)
-        if conn.circuit is not None:
-            self._forget_circuit(conn.addr)
-        timers = (conn.timer, conn.setup_timer, conn.keepalive_timer, conn.probe_timer)
-        for timer in (*timers, conn.drain_timer):
-            if timer is not None:
-                timer.cancel()
-        if not was_ready:
-            self._tell_handshake(HandshakeClosed(conn.id, reason, self))
-        futures, conn.dial_futures = conn.dial_futures, []
-        if conn.role is Role.CLIENT and not was_ready:
-            log.info("dial to %s:%d failed: %s", *conn.addr, error)
-        for future in futures:
-            _fail(future, error)
-        for inbound in list(conn.inbound.values()) + conn.held:
-            if inbound.timer is not None:
-                inbound.timer.cancel()
-        conn.inbound.clear()
-        conn.held.clear()
-        peer = self._peers.get(conn.peer_id or conn.expected_peer_id or b"")
-        retry = code == AppErrorCode.DUPLICATE
-        for outbound in list(conn.outbound.values()):
-            if peer is not None:
-                peer.in_flight -= 1
-            outbound.conn = None
-            if retry and peer is not None and outbound.retries < 2 and not outbound.done:
-                outbound.retries += 1
-                outbound.decoder = FrameDecoder()
-                peer.queue.appendleft(outbound)
-            else:
-                self._complete(outbound, error=error)
-        conn.outbound.clear()
-        if peer is None:
-            return
-        if peer.conn is conn:
-            peer.conn = self._survivor(peer)
-            if peer.conn is None:
-                log.info("peer %s disconnected: %s", _short(peer.peer_id), reason)
-                self._emit(PeerDisconnected(peer.peer_id, reason))
-                self._relay_gone(peer.peer_id)
-        elif not was_ready and conn.role is Role.CLIENT and peer.conn is None:
-            if peer.cascading:
-                self._pump(peer)
-                return
-            peer.dialing = False
-            if peer.queue:
-                self._dial_next(peer, error)
-                return
-        self._pump(peer)
-
-    def _relay_gone(self, peer_id: bytes) -> None:
-        """``peer_id`` disconnected: circuits through it (as relay or as an end) end."""
-        self.relay.forget_peer(peer_id)
-        for conn in [c for c in self._conns.values() if c.circuit and c.circuit[0] == peer_id]:
-            self._abort(conn, "relay disconnected", ConnectionLost("the relay disconnected"))
-
-    def _survivor(self, peer: _Peer) -> _Conn | None:
-        """Another ready connection to the peer (a draining one), promoted to current."""
-        for conn in self._conns.values():
-            if conn.peer_id == peer.peer_id and conn.state == "ready":
-                conn.draining = False
-                if conn.drain_timer is not None:
-                    conn.drain_timer.cancel()
-                    conn.drain_timer = None
-                return conn
-        return None
-
-    def _disconnect(self, peer_id: bytes) -> None:
-        for conn in [c for c in self._conns.values() if c.peer_id == peer_id]:
-            self._close(conn, AppErrorCode.NO_ERROR, "disconnect requested", None)
-
-    def _shutdown(self) -> None:
-        assert self._loop is not None
-        for conn in list(self._conns.values()):
-            self._close(conn, AppErrorCode.SHUTDOWN, "node stopping", TransportClosed("stopping"))
-        for peer in self._peers.values():
-            while peer.queue:
-                self._complete(peer.queue.popleft(), error=TransportClosed("stopping"))
-        if self._send_backlog:
-            self._on_writable()
-        self._loop.stop()
-
-    def _tell_handshake(self, message: object) -> bool:
-        """Tell the Handshake actor; False (and the connection is left to its
-        deadline) if the actor is gone, e.g. stopped before this Transport."""
-        try:
-            self._handshake.tell(message)
-        except pykka.ActorDeadError:
-            level = logging.DEBUG if self._closed else logging.WARNING
-            log.log(level, "the Handshake actor is gone: %s dropped", type(message).__name__)
-            return False
-        return True
-
-    # -- NAT traversal (loop thread) ------------------------------------------------------
+            self.core.no_route(target, now)
 
     def _send_openers(self, addr: SocketAddress, count: int) -> None:
         sock = self._sock
@@ -1577,656 +704,10 @@ class QuicEndpoint:
             for _ in range(count):
                 with contextlib.suppress(OSError):
                     sock.sendto(opener, addr)
-                    self.stats.datagrams_sent += 1
+                    self.core.stats.datagrams_sent += 1
         finally:
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, default_ttl)
-
-    def _expect_punch(self, addr: SocketAddress) -> None:
-        assert self._loop is not None
-        now = self._loop.time()
-        for stale in [a for a, until in self._expected_punches.items() if until < now]:
-            del self._expected_punches[stale]
-        self._expected_punches[addr] = now + EXPECTED_PUNCH_SECONDS
-
-    def _pin(self, peer_id: bytes, pinned: bool) -> None:
-        peer = self._peers.get(peer_id)
-        if peer is not None and peer.conn is not None:
-            peer.conn.pinned = pinned
-
-    def _circuit_address(self, relay_id: bytes, circuit: int) -> SocketAddress:
-        """The virtual address of a circuit (made on first use)."""
-        key = (relay_id, circuit)
-        addr = self._circuit_addr.get(key)
-        if addr is None:
-            n = next(self._virtual_ids) % (1 << 24) or 1
-            addr = (f"0.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}", 1)
-            self._circuit_addr[key] = addr
-            self._circuit_of[addr] = key
-        return addr
-
-    def _forget_circuit(self, addr: SocketAddress) -> None:
-        key = self._circuit_of.pop(addr, None)
-        if key is not None:
-            self._circuit_addr.pop(key, None)
-
-    def _dial_circuit(
-        self,
-        relay_id: bytes,
-        circuit: int,
-        expected: bytes,
-        future: pykka.ThreadingFuture[bytes],
-        wait: float,
-    ) -> None:
-        if self._closed:
-            _fail(future, TransportClosed("the transport is closed"))
-            return
-        relay = self._peers.get(relay_id)
-        if relay is None or relay.conn is None or relay.conn.state != "ready":
-            _fail(future, PeerUnreachable("not connected to the relay"))
-            return
-        peer = self._peer(expected)
-        if peer.conn is not None:
-            future.set(expected)
-            return
-        addr = self._circuit_address(relay_id, circuit)
-        conn = self._open(addr, expected, [future], wait, how=How.RELAYED)
-        conn.circuit = (relay_id, circuit)
-
-    def _send_circuit(self, data: bytes, addr: SocketAddress) -> None:
-        """Send an inner connection's datagram on its circuit, in a DATAGRAM frame."""
-        key = self._circuit_of.get(addr)
-        if key is None:
-            self.stats.datagrams_dropped += 1
-            return
-        relay = self._peers.get(key[0])
-        conn = None if relay is None else relay.conn
-        payload = pack(key[1], data)
-        if conn is None or conn.state != "ready" or len(payload) > MAX_CIRCUIT_PAYLOAD:
-            self.stats.datagrams_dropped += 1
-            return
-        conn.quic.send_datagram(payload)
-        self._touch(conn)
-
-    def _on_datagram_frame(self, conn: _Conn, payload: bytes) -> None:
-        """A DATAGRAM frame: a circuit datagram for an inner connection of this node,
-        or one this node relays."""
-        assert self._loop is not None
-        unpacked = unpack(payload)
-        if unpacked is None or conn.state != "ready" or conn.peer_id is None:
-            self.stats.datagrams_dropped += 1
-            return
-        circuit, inner = unpacked
-        now = self._loop.time()
-        vaddr = self._circuit_addr.get((conn.peer_id, circuit))
-        if vaddr is not None:
-            target = self._route(inner, vaddr, now)
-            if target is not None:
-                self._deliver(target, vaddr, [inner], now)
-            return
-        to_peer = self.relay.route(conn.peer_id, circuit, len(payload), now)
-        peer = None if to_peer is None else self._peers.get(to_peer)
-        out = None if peer is None else peer.conn
-        if out is None or out.state != "ready":
-            self.stats.datagrams_dropped += 1
-            return
-        out.quic.send_datagram(payload)
-        self._touch(out)
-
-    def _on_control_datagram(self, data: bytes, addr: SocketAddress) -> None:
-        parsed = parse_control_datagram(data)
-        if parsed is None:
-            self.stats.datagrams_dropped += 1
-            return
-        kind, nonce = parsed
-        if kind is ControlKind.DIAL_BACK and self.on_control is not None:
-            try:
-                self.on_control(kind, nonce, addr)
-            except Exception:
-                log.exception("control datagram handler failed")
-
-    def _cascade_finished(self, peer_id: bytes, error: TransportError | None) -> None:
-        peer = self._peers.get(peer_id)
-        if peer is None:
-            return
-        peer.cascading = False
-        if peer.conn is not None:
-            peer.dialing = False
-            self._pump(peer)
-            return
-        if any(
-            c.state in ("quic", "identity") and c.expected_peer_id == peer_id
-            for c in self._conns.values()
-        ):
-            return  # a dial of the cascade is still running; its end decides
-        peer.dialing = False
-        failure = error or PeerUnreachable(f"cannot reach {_short(peer_id)}")
-        while peer.queue:
-            self._complete(peer.queue.popleft(), error=failure)
-
-    def _on_announce(self, conn: _Conn, listen_addrs: list[str]) -> None:
-        """The peer's addresses changed: remember them and tell the routing table."""
-        assert conn.peer_id is not None
-        conn.listen_addrs = tuple(listen_addrs)
-        peer = self._peer(conn.peer_id)
-        direct, peer.relayed = _addresses(listen_addrs, conn.peer_id)
-        for addr in direct:
-            _remember_addr(peer, addr)
-        if peer.conn is conn:
-            self._emit_connected(conn)
-
-    # -- keep-alive and RTT ---------------------------------------------------------------
-
-    def _schedule_keepalive(self, conn: _Conn) -> None:
-        assert self._loop is not None
-        conn.keepalive_timer = self._loop.call_later(
-            self.config.keepalive_interval, self._keepalive, conn
-        )
-
-    def _keepalive(self, conn: _Conn) -> None:
-        assert self._loop is not None
-        conn.keepalive_timer = None
-        if conn.state != "ready":
-            return
-        in_use = (
-            conn.pinned
-            or bool(conn.outbound or conn.inbound)
-            or (self._loop.time() - conn.last_used < self.config.idle_timeout)
-        )
-        if in_use:
-            self._ping(conn)
-            self._touch(conn)
-        self._schedule_keepalive(conn)
-
-    def _probe(self, conn: _Conn) -> None:
-        """Liveness of a peer we wait for: PING when it is quiet, give up when it stays so."""
-        assert self._loop is not None
-        conn.probe_timer = None
-        if conn.state != "ready" or not conn.outbound:
-            return
-        silence = self._loop.time() - conn.last_received
-        if silence >= self.config.peer_silence_timeout:
-            log.info("peer %s silent for %.1f s: closing", _short(conn.peer_id), silence)
-            self._close(
-                conn,
-                AppErrorCode.UNRESPONSIVE,
-                "no answer",
-                ConnectionLost(f"the peer answered nothing for {silence:.1f} s"),
-            )
-            return
-        if silence >= self.config.probe_interval / 2:
-            self._ping(conn)
-            self._touch(conn)
-        conn.probe_timer = self._loop.call_later(self.config.probe_interval, self._probe, conn)
-
-    def _ping(self, conn: _Conn) -> None:
-        assert self._loop is not None
-        uid = next(self._ping_uids)
-        conn.ping_uids[uid] = self._loop.time()
-        if len(conn.ping_uids) > 16:
-            conn.ping_uids.pop(next(iter(conn.ping_uids)))
-        conn.quic.send_ping(uid)
-
-    # -- streams --------------------------------------------------------------------------
-
-    def _on_stream_data(self, conn: _Conn, event: StreamData) -> None:
-        stream_id = event.stream_id
-        if stream_id & 2:  # unidirectional: only the handshake streams
-            self._on_uni_data(conn, stream_id, event.data)
-        elif conn.locally_initiated(stream_id):
-            self._on_reply_data(conn, stream_id, event.data, event.end_stream)
-        else:
-            self._on_request_data(conn, stream_id, event.data, event.end_stream)
-
-    def _on_uni_data(self, conn: _Conn, stream_id: int, data: bytes) -> None:
-        if conn.locally_initiated(stream_id):
-            return
-        if conn.hs_recv_stream is None:
-            conn.hs_recv_stream = stream_id
-        if stream_id != conn.hs_recv_stream:
-            self.stats.unexpected_streams += 1
-            conn.quic.stop_stream(stream_id, AppErrorCode.PROTOCOL_VIOLATION)
-            return
-        if not data or conn.state == "ready":
-            return
-        try:
-            messages = conn.hs_decoder.feed(data)
-        except WireError as exc:
-            self.stats.malformed_frames += 1
-            self._tell_handshake(HandshakeClosed(conn.id, "malformed handshake frame", self))
-            self._reject(conn, "protocol_violation", f"malformed handshake frame: {exc}")
-            return
-        for message in messages:
-            if conn.hs_pending is not None:
-                conn.hs_pending.append(message)
-            else:
-                self._tell_handshake(HandshakeFrame(conn.id, message, self))
-
-    def _on_request_data(self, conn: _Conn, stream_id: int, data: bytes, end: bool) -> None:
-        inbound = conn.inbound.get(stream_id)
-        if inbound is None:
-            if stream_id in conn.recently_closed or any(
-                i.stream_id == stream_id for i in conn.held
-            ):
-                return
-            if len(conn.inbound) + len(conn.held) >= self.config.max_inbound_per_peer:
-                self.stats.busy_rejections += 1
-                self._refuse_stream(conn, stream_id, AppErrorCode.BUSY)
-                return
-            assert self._loop is not None
-            inbound = _Inbound(stream_id)
-            inbound.timer = self._loop.call_later(
-                self.config.stream_read_timeout, self._inbound_stalled, conn, inbound
-            )
-            conn.inbound[stream_id] = inbound
-        if inbound.request is not None:
-            if data:
-                self._malformed(conn, inbound, "data after the request frame")
-            return
-        try:
-            messages = inbound.decoder.feed(data)
-        except WireError as exc:
-            self._malformed(conn, inbound, str(exc))
-            return
-        if not messages:
-            if end:
-                self._malformed(conn, inbound, "stream ended inside a frame")
-            return
-        if len(messages) > 1 or inbound.decoder.buffered:
-            self._malformed(conn, inbound, "more than one frame on a request stream")
-            return
-        inbound.request = messages[0]
-        if inbound.timer is not None:
-            inbound.timer.cancel()
-            inbound.timer = None
-        if conn.state != "ready":
-            del conn.inbound[stream_id]
-            conn.held.append(inbound)
-            return
-        self._handle_request(conn, inbound)
-
-    def _handle_request(self, conn: _Conn, inbound: _Inbound) -> None:
-        assert inbound.request is not None and conn.peer_id is not None and self._loop is not None
-        conn.inbound[inbound.stream_id] = inbound
-        conn.last_used = self._loop.time()
-        request = inbound.request
-        if isinstance(request, Announce):
-            self._on_announce(conn, request.listen_addrs)
-            self._send_reply(conn.id, inbound.stream_id, encode_frame(Ok()))
-            return
-        if isinstance(request, Ping):
-            observed = (
-                ""  # what a relayed connection "comes from" says nothing about the peer
-                if conn.circuit is not None
-                else format_multiaddr(conn.addr[0], conn.addr[1], conn.peer_id)
-            )
-            self._send_reply(
-                conn.id, inbound.stream_id, encode_frame(Pong(request.nonce, observed))
-            )
-            return
-        if isinstance(request, Hello | Proof):
-            frame = encode_frame(Error(ErrorCode.MALFORMED, "handshake frame on a request stream"))
-            self._send_reply(conn.id, inbound.stream_id, frame)
-            return
-        reply = _Reply(self, conn.id, inbound.stream_id)
-        try:
-            self._dispatch(InboundRequest(conn.peer_id, request, reply))
-        except Exception:
-            log.exception("dispatch of %s failed", type(request).__name__)
-            reply(Error(ErrorCode.INTERNAL, "the node could not handle the request"))
-
-    def _send_reply(self, conn_id: int, stream_id: int, frame: bytes) -> None:
-        conn = self._conns.get(conn_id)
-        if conn is None or conn.state == "closed":
-            return
-        inbound = conn.inbound.pop(stream_id, None)
-        if inbound is None:
-            return  # cancelled by the requester meanwhile
-        conn.recently_closed.append(stream_id)
-        conn.requests_served += 1
-        self.stats.requests_served += 1
-        conn.quic.send(stream_id, frame, end_stream=True)
-        self._touch(conn)
-        self._maybe_close_drained(conn)
-
-    def _malformed(self, conn: _Conn, inbound: _Inbound, detail: str) -> None:
-        self.stats.malformed_frames += 1
-        log.info(
-            "malformed request from %s on stream %d: %s",
-            _short(conn.peer_id),
-            inbound.stream_id,
-            detail,
-        )
-        self._drop_inbound(conn, inbound, AppErrorCode.FRAME_ERROR)
-
-    def _inbound_stalled(self, conn: _Conn, inbound: _Inbound) -> None:
-        inbound.timer = None
-        if conn.state == "closed" or conn.inbound.get(inbound.stream_id) is not inbound:
-            return
-        self.stats.stalled_streams += 1
-        self._drop_inbound(conn, inbound, AppErrorCode.STREAM_TIMEOUT)
-
-    def _drop_inbound(self, conn: _Conn, inbound: _Inbound, code: AppErrorCode) -> None:
-        if inbound.timer is not None:
-            inbound.timer.cancel()
-            inbound.timer = None
-        conn.inbound.pop(inbound.stream_id, None)
-        self._refuse_stream(conn, inbound.stream_id, code)
-        self._maybe_close_drained(conn)
-
-    def _refuse_stream(self, conn: _Conn, stream_id: int, code: AppErrorCode) -> None:
-        conn.recently_closed.append(stream_id)
-        conn.quic.stop_stream(stream_id, int(code))
-        conn.quic.reset_stream(stream_id, int(code))
-        self._touch(conn)
-
-    def _on_stream_reset(self, conn: _Conn, stream_id: int, code: int) -> None:
-        if stream_id & 2:
-            return
-        if conn.locally_initiated(stream_id):
-            self._fail_outbound(conn, stream_id, code, f"stream reset with code {code:#x}")
-        elif self._forget_inbound(conn, stream_id):
-            self._maybe_close_drained(conn)
-
-    def _on_stop_sending(self, conn: _Conn, stream_id: int, code: int) -> None:
-        if stream_id & 2 or conn.locally_initiated(stream_id):
-            self._fail_outbound(conn, stream_id, code, f"peer stopped stream ({code:#x})")
-        elif self._forget_inbound(conn, stream_id):
-            conn.quic.reset_stream(stream_id, int(AppErrorCode.CANCELLED))
-            self._touch(conn)
-            self._maybe_close_drained(conn)
-
-    def _fail_outbound(self, conn: _Conn, stream_id: int, code: int, why: str) -> None:
-        """The peer refused our request's stream: its caller gets a ``RemoteError``."""
-        outbound = conn.outbound.get(stream_id)
-        if outbound is not None:
-            self._finish_outbound(outbound, error=RemoteError(error_code_of_reset(code), why))
-
-    @staticmethod
-    def _forget_inbound(conn: _Conn, stream_id: int) -> bool:
-        """Forget a request the peer gave up on; False if it was not pending."""
-        inbound = conn.inbound.pop(stream_id, None)
-        if inbound is None:
-            return False
-        if inbound.timer is not None:
-            inbound.timer.cancel()
-        conn.recently_closed.append(stream_id)
-        return True
-
-    # -- outbound requests ----------------------------------------------------------------
-
-    def _submit(self, outbound: _Outbound, hints: list[SocketAddress], relayed: list[str]) -> None:
-        assert self._loop is not None
-        if self._closed:
-            self._complete(outbound, error=TransportClosed("the transport is closed"))
-            return
-        delay = max(0.0, outbound.deadline - time.monotonic())
-        outbound.timer = self._loop.call_later(delay, self._request_expired, outbound)
-        peer = self._peer(outbound.peer_id)
-        if relayed and not hints:
-            # the peer now says it is reachable only through relays: what direct
-            # addresses were learnt of it before are stale (e.g. its LAN address)
-            peer.addrs.clear()
-        for addr in hints:
-            _remember_addr(peer, addr)
-        for text in relayed:
-            if text not in peer.relayed:
-                peer.relayed.append(text)
-        peer.queue.append(outbound)
-        self._pump(peer)
-
-    def _pump(self, peer: _Peer) -> None:
-        """Start queued requests on the peer's connection, or dial it."""
-        conn = peer.conn
-        if conn is None or conn.state != "ready":
-            if peer.queue and not peer.dialing:
-                self._dial_next(peer, None)
-            return
-        while peer.queue and peer.in_flight < self.config.max_in_flight_per_peer:
-            if not conn.quic.can_open_stream():
-                return  # the peer's stream limit: wait for its MAX_STREAMS (see _service)
-            outbound = peer.queue.popleft()
-            if not outbound.done:
-                self._start(conn, peer, outbound)
-
-    def _dial_next(self, peer: _Peer, last_error: TransportError | None) -> None:
-        """Dial the peer's next known address for its queued requests."""
-        live = [o for o in peer.queue if not o.done]
-        peer.queue = collections.deque(live)
-        if not live:
-            return
-        attempts = live[0].dial_attempts
-        if self._closed:
-            last_error = TransportClosed("the transport is closed")
-        if not self._closed and attempts >= len(peer.addrs) and self._start_cascade(peer):
-            return
-        if self._closed or attempts >= len(peer.addrs):
-            error = last_error or PeerUnreachable(
-                f"not connected to {_short(peer.peer_id)} and no address to dial"
-            )
-            while peer.queue:
-                self._complete(peer.queue.popleft(), error=error)
-            return
-        addr = peer.addrs[attempts]
-        for outbound in live:
-            outbound.dial_attempts = attempts + 1
-        self._open(addr, peer.peer_id, [])
-
-    def _start_cascade(self, peer: _Peer) -> bool:
-        """Hand a peer whose direct addresses failed to the NatTraverser, if it is
-        behind NAT (has relayed addresses); True if handed."""
-        if not peer.relayed or self.on_cascade is None or peer.cascading:
-            return False
-        peer.cascading = True
-        peer.dialing = True
-        try:
-            self.on_cascade(peer.peer_id, list(peer.relayed))
-        except Exception:
-            log.exception("the NAT traversal cascade could not start")
-            peer.cascading = False
-            peer.dialing = False
-            return False
-        return True
-
-    def _start(self, conn: _Conn, peer: _Peer, outbound: _Outbound) -> None:
-        assert self._loop is not None
-        stream_id = conn.quic.next_stream_id()
-        if not conn.quic.send(stream_id, outbound.frame, end_stream=True):
-            self._complete(outbound, error=ConnectionLost("the connection is closing"))
-            return
-        outbound.conn = conn
-        outbound.stream_id = stream_id
-        conn.outbound[stream_id] = outbound
-        conn.requests_sent += 1
-        conn.last_used = self._loop.time()
-        if conn.probe_timer is None:
-            conn.probe_timer = self._loop.call_later(self.config.probe_interval, self._probe, conn)
-        peer.in_flight += 1
-        self.stats.requests_sent += 1
-        self._touch(conn)
-
-    def _on_reply_data(self, conn: _Conn, stream_id: int, data: bytes, end: bool) -> None:
-        outbound = conn.outbound.get(stream_id)
-        if outbound is None:
-            return
-        try:
-            messages = outbound.decoder.feed(data)
-        except WireError as exc:
-            self.stats.malformed_frames += 1
-            self._cancel_stream(conn, stream_id, AppErrorCode.FRAME_ERROR)
-            self._finish_outbound(
-                outbound, error=RemoteError(ErrorCode.MALFORMED, f"malformed reply: {exc}")
-            )
-            return
-        if messages:
-            reply = messages[0]
-            if isinstance(reply, Error):
-                self._finish_outbound(outbound, error=RemoteError(reply.code, reply.message))
-            else:
-                self._finish_outbound(outbound, reply=reply)
-        elif end:
-            self._finish_outbound(
-                outbound, error=RemoteError(ErrorCode.MALFORMED, "reply stream ended early")
-            )
-
-    def _request_expired(self, outbound: _Outbound) -> None:
-        outbound.timer = None
-        if outbound.done:
-            return
-        self.stats.request_timeouts += 1
-        conn = outbound.conn
-        if conn is not None and conn.state != "closed":
-            self._cancel_stream(conn, outbound.stream_id, AppErrorCode.CANCELLED)
-        self._finish_outbound(outbound, error=RequestTimeout("no reply before the deadline"))
-
-    def _cancel_stream(self, conn: _Conn, stream_id: int, code: AppErrorCode) -> None:
-        conn.quic.reset_stream(stream_id, int(code))
-        conn.quic.stop_stream(stream_id, int(code))
-        self._touch(conn)
-
-    def _finish_outbound(
-        self, outbound: _Outbound, reply: Message | None = None, error: Exception | None = None
-    ) -> None:
-        conn = outbound.conn
-        peer = self._peers.get(outbound.peer_id)
-        if conn is not None:
-            conn.outbound.pop(outbound.stream_id, None)
-            outbound.conn = None
-            if peer is not None:
-                peer.in_flight -= 1
-        self._complete(outbound, reply, error)
-        if peer is not None:
-            self._pump(peer)
-        if conn is not None:
-            self._maybe_close_drained(conn)
-
-    def _complete(
-        self, outbound: _Outbound, reply: Message | None = None, error: Exception | None = None
-    ) -> None:
-        if outbound.done:
-            return
-        outbound.done = True
-        if outbound.timer is not None:
-            outbound.timer.cancel()
-            outbound.timer = None
-        if error is not None:
-            _fail(outbound.future, error)
-        else:
-            assert reply is not None
-            outbound.future.set(reply)
-
-    # -- helpers --------------------------------------------------------------------------
-
-    def _peer(self, peer_id: bytes) -> _Peer:
-        peer = self._peers.get(peer_id)
-        if peer is None:
-            peer = self._peers[peer_id] = _Peer(peer_id)
-        return peer
-
-    def _emit(self, event: PeerConnected | PeerDisconnected) -> None:
-        connected = dict(self._connected)  # copied, then swapped: readers never lock
-        if isinstance(event, PeerConnected):
-            connected[event.peer_id] = None
-        else:
-            connected.pop(event.peer_id, None)
-        self._connected = connected
-        try:
-            self._on_event(event)
-        except Exception:
-            log.exception("peer event %s was not delivered", type(event).__name__)
-
-    def _connection_infos(self) -> list[ConnectionInfo]:
-        assert self._loop is not None
-        now = self._loop.time()
-        infos = []
-        for conn in self._conns.values():
-            if conn.state != "ready" or conn.peer_id is None:
-                continue
-            rtt = conn.quic.smoothed_rtt()
-            if rtt is None:
-                rtt = conn.rtt_sample
-            infos.append(
-                ConnectionInfo(
-                    peer_id=conn.peer_id.hex(),
-                    direction=conn.direction,
-                    remote_addr=(
-                        format_multiaddr(conn.addr[0], conn.addr[1])
-                        if conn.circuit is None
-                        else f"/p2p/{conn.circuit[0].hex()}/p2p-circuit"
-                    ),
-                    pq=conn.group in POST_QUANTUM_GROUPS,
-                    group=group_name(conn.group),
-                    rtt_ms=None if rtt is None else round(rtt * 1000.0, 3),
-                    quic=self.stack,
-                    state="draining" if conn.draining else "ready",
-                    age_s=round(now - conn.ready_at, 1),
-                    requests_in_flight=len(conn.outbound),
-                    requests_sent=conn.requests_sent,
-                    requests_served=conn.requests_served,
-                    how=str(conn.how),
-                )
-            )
-        return infos
-
-
-# -- module helpers ------------------------------------------------------------------
-
-
-def _destination_cid(data: bytes) -> bytes | None:
-    """The destination connection ID of a QUIC datagram's first packet."""
-    if not data:
-        return None
-    if data[0] & 0x80:  # long header
-        if len(data) < 6:
-            return None
-        length = data[5]
-        if length > 20 or len(data) < 6 + length:
-            return None
-        return data[6 : 6 + length]
-    if len(data) < 1 + CONNECTION_ID_BYTES:
-        return None
-    return data[1 : 1 + CONNECTION_ID_BYTES]
-
-
-def _is_closed(conn: _Conn) -> bool:
-    """Whether ``conn`` is closed (a function, so type narrowing does not stick)."""
-    return conn.state == "closed"
 
 
 def _fail(future: pykka.ThreadingFuture[Any], error: Exception) -> None:
     future.set_exception((type(error), error, None))
-
-
-def _short(peer_id: bytes | None) -> str:
-    return "?" if peer_id is None else peer_id.hex()[:12]
-
-
-def _remember_addr(peer: _Peer, addr: SocketAddress, first: bool = False) -> None:
-    if addr in peer.addrs:
-        if not first:
-            return
-        peer.addrs.remove(addr)
-    if first:
-        peer.addrs.insert(0, addr)
-    else:
-        peer.addrs.append(addr)
-    del peer.addrs[8:]
-
-
-def _addresses(texts: Iterable[str], peer_id: bytes) -> tuple[list[SocketAddress], list[str]]:
-    """The peer's direct UDP addresses and (a few of) its circuit multiaddrs in ``texts``."""
-    direct, relayed = split_addrs(texts, peer_id)
-    return [m.socket_address for m in direct], [str(m) for m in relayed[:MAX_RELAYED_PER_PEER]]
-
-
-def _dial_target(
-    addr: str | Multiaddr | SocketAddress, expected: bytes | None
-) -> tuple[SocketAddress, bytes | None]:
-    if isinstance(addr, str):
-        addr = parse_multiaddr(addr)
-    if isinstance(addr, Multiaddr):
-        if addr.relay_id is not None:
-            raise ValueError("relayed addresses are dialled through NatTraverser")
-        return addr.socket_address, expected if expected is not None else addr.peer_id
-    host, port = addr
-    socket.inet_aton(host)
-    return (host, int(port)), expected

@@ -1,0 +1,252 @@
+"""The transport core without sockets, threads or a real clock.
+
+``TransportCore`` instances are pumped against each other in memory (``core_net``):
+their datagrams cross a fake wire, with loss, reordering and peers that vanish, and
+time is a number the test moves. What the shell-level tests (``test_transport``)
+show over real UDP is shown here as rules: requests and replies, one connection per
+pair of peers, deadlines as errors, a dead connection replaced.
+"""
+
+from __future__ import annotations
+
+from actors._quic.model import RequestDone, RequestReceived
+from actors._quic.timers import Timers
+from protocol.errors import ConnectionLost, PeerUnreachable, RequestTimeout, TransportError
+from protocol.wire import FindNode, Message, Nodes, Ping, Pong
+from tests.actors.core_net import CoreNet, CoreNode
+
+
+def _reply(node: CoreNode, request_id: int) -> Message | None:
+    done = node.done.get(request_id)
+    return None if done is None else done.reply
+
+
+def _finished(node: CoreNode, *request_ids: int) -> bool:
+    return all(r in node.done for r in request_ids)
+
+
+def _error(done: RequestDone) -> Exception | None:
+    return done.error
+
+
+# -- timers ---------------------------------------------------------------------------
+
+
+def test_timers_run_in_order_only_when_due_and_never_once_cancelled() -> None:
+    timers = Timers()
+    ran: list[str] = []
+    timers.call_at(5.0, ran.append, "b")
+    timers.call_at(2.0, ran.append, "a")
+    cancelled = timers.call_at(3.0, ran.append, "never")
+    cancelled.cancel()
+    assert timers.next_deadline() == 2.0
+    assert timers.run_due(1.9) == 0 and ran == []
+    assert timers.run_due(4.0) == 1 and ran == ["a"]
+    assert timers.next_deadline() == 5.0
+    timers.run_due(5.0)
+    assert ran == ["a", "b"] and timers.next_deadline() is None
+
+
+def test_timers_drop_cancelled_entries_when_they_are_most_of_the_heap() -> None:
+    timers = Timers()
+    kept = timers.call_at(1000.0, lambda: None)
+    for i in range(500):
+        timers.call_at(float(i), lambda: None).cancel()
+    assert len(timers._heap) < 200
+    assert len(timers) == 1 and timers.next_deadline() == kept.when()
+
+
+# -- requests and replies ------------------------------------------------------------------
+
+
+def test_a_request_dials_the_peer_and_gets_its_reply() -> None:
+    net = CoreNet()
+    a, b = net.add(), net.add()
+    ping = a.request(b, Ping(nonce=7))
+    find = a.request(b, FindNode(bytes(32)))
+    assert net.run_until(lambda: _finished(a, ping, find))
+    pong = _reply(a, ping)
+    assert isinstance(pong, Pong) and pong.nonce == 7
+    assert pong.observed_addr.startswith("/ip4/198.51.100.1/udp/4433")  # what b sees of a
+    assert _reply(a, find) == Nodes([])
+    assert [type(r.message) for r in b.received] == [FindNode]  # Ping answered by b's core
+    assert a.ready_connections() == 1 and b.ready_connections() == 1
+    assert [e.peer_id for e in a.peer_events] == [b.peer_id]
+    assert a.core.stats.requests_sent == 2 and b.core.stats.requests_served == 2
+
+
+def test_a_dial_by_multiaddr_authenticates_the_peer() -> None:
+    net = CoreNet()
+    a, b = net.add(), net.add()
+    dial = a.dial(b)
+    assert net.run_until(lambda: dial in a.dialled)
+    assert a.dialled[dial].peer_id == b.peer_id and a.dialled[dial].error is None
+
+
+def test_a_dial_to_the_wrong_peer_id_is_rejected() -> None:
+    net = CoreNet()
+    a, b, c = net.add(), net.add(), net.add()
+    wrong = b.multiaddr.replace(b.peer_id.hex(), c.peer_id.hex())
+    dial = a.core.dial(wrong, net.now)
+    assert net.run_until(lambda: dial in a.dialled)
+    error = a.dialled[dial].error
+    assert isinstance(error, TransportError) and "peer" in str(error).lower()
+    assert a.ready_connections() == 0
+
+
+def test_many_requests_over_a_lossy_reordering_wire_all_get_their_replies() -> None:
+    net = CoreNet(loss=0.1, jitter=0.02, seed=7)
+    a, b = net.add(), net.add()
+    requests = [a.request(b, Ping(nonce=i), timeout=60.0) for i in range(40)]
+    assert net.run_until(lambda: _finished(a, *requests), limit=60.0)
+    nonces = []
+    for request_id in requests:
+        reply = _reply(a, request_id)
+        assert isinstance(reply, Pong), a.done[request_id]
+        nonces.append(reply.nonce)
+    assert nonces == list(range(40))
+    assert net.lost > 0  # the wire did lose datagrams
+    assert a.core.stats.request_timeouts == 0
+
+
+def test_requests_beyond_the_in_flight_limit_wait_in_the_peers_queue() -> None:
+    net = CoreNet()
+    held: list[RequestReceived] = []
+
+    def hold(_node: CoreNode, request: RequestReceived) -> Message | None:
+        held.append(request)
+        return None
+
+    a = net.add(max_in_flight_per_peer=2)
+    b = net.add(handler=hold)
+    requests = [a.request(b, FindNode(bytes(32))) for _ in range(5)]
+    net.run_for(1.0)
+    assert len(held) == 2 and not a.done  # two in flight, three queued
+    answered = 0
+    while len(a.done) < 5:
+        assert len(held) - answered <= 2  # never more than two in flight
+        for request in held[answered:]:
+            b.reply(request, Nodes([]))
+        answered = len(held)
+        net.run_for(1.0)
+    assert answered == 5
+    assert all(_reply(a, r) == Nodes([]) for r in requests)
+
+
+# -- deadlines and failures are errors ---------------------------------------------------
+
+
+def test_a_request_without_a_reply_times_out_as_an_error() -> None:
+    net = CoreNet()
+    a = net.add()
+    b = net.add(handler=lambda _node, _request: None)  # never answers
+    request = a.request(b, FindNode(bytes(32)), timeout=3.0)
+    started = net.now
+    assert net.run_until(lambda: request in a.done)
+    assert isinstance(a.done[request].error, RequestTimeout)
+    assert 3.0 <= net.now - started < 3.1  # at its deadline, by the fake clock
+    assert a.core.stats.request_timeouts == 1
+    net.run_for(1.0)
+    assert b.core.stats.requests_served == 0 and a.ready_connections() == 1
+
+
+def test_a_request_to_an_address_where_nobody_listens_fails_unreachable() -> None:
+    net = CoreNet()
+    a, b = net.add(), net.add()
+    net.remove(b)
+    request = a.request(b, Ping(nonce=1), timeout=60.0)
+    assert net.run_until(lambda: request in a.done)
+    assert isinstance(a.done[request].error, PeerUnreachable)
+    assert net.now - 1000.0 < 60.0  # the dial's own timeout, before the request's
+
+
+def test_a_request_to_itself_or_to_an_unknown_peer_fails_at_once() -> None:
+    net = CoreNet()
+    a = net.add()
+    itself = a.core.request(a.peer_id, Ping(nonce=1), net.now)
+    stranger = a.core.request(bytes(32), Ping(nonce=1), net.now)
+    net.settle()
+    assert isinstance(a.done[itself].error, PeerUnreachable)
+    assert isinstance(a.done[stranger].error, PeerUnreachable)
+
+
+def test_a_peer_that_vanishes_fails_the_requests_in_flight_and_a_new_run_is_dialled() -> None:
+    """The peer's machine goes silent mid-request: the liveness probe closes the
+    connection (ConnectionLost, before the request's own deadline); the next request,
+    once the peer is back (a new process at the same address), dials a new connection
+    that replaces the dead one."""
+    net = CoreNet()
+    a = net.add(probe_interval=1.0, peer_silence_timeout=5.0)
+    b = net.add(handler=lambda _node, _request: None)
+    first = a.request(b, Ping(nonce=1))
+    assert net.run_until(lambda: first in a.done)
+    waiting = a.request(b, FindNode(bytes(32)), timeout=60.0)
+    net.run_for(0.5)
+    net.cut.add(b.addr)  # b's host is unplugged: no packet in or out
+    assert net.run_until(lambda: waiting in a.done, limit=30.0)
+    assert isinstance(a.done[waiting].error, ConnectionLost)
+    assert net.now - 1000.0 < 30.0
+    assert a.ready_connections() == 0
+    assert [type(e).__name__ for e in a.peer_events] == ["PeerConnected", "PeerDisconnected"]
+    # b comes back: a new process with the same identity at the same address
+    net.cut.discard(b.addr)
+    net.remove(b)
+    b2 = net.add_at(b.addr, identity=b.identity)
+    again = a.request(b2, FindNode(bytes(32)))
+    assert net.run_until(lambda: again in a.done)
+    assert _reply(a, again) == Nodes([])
+    assert a.ready_connections() == 1
+    assert a.core.stats.connections_opened == 2
+
+
+def test_a_restarted_peer_replaces_the_old_connection_it_left_behind() -> None:
+    """The peer restarts without a word (its old connection is dead but open here):
+    its new run dials in, and the new connection replaces the old one at once."""
+    net = CoreNet()
+    a, b = net.add(), net.add()
+    first = a.request(b, Ping(nonce=1))
+    assert net.run_until(lambda: first in a.done)
+    net.remove(b)
+    b2 = net.add_at(b.addr, identity=b.identity)
+    back = b2.request(a, Ping(nonce=2))
+    assert net.run_until(lambda: back in b2.done)
+    assert isinstance(_reply(b2, back), Pong)
+    assert a.ready_connections() == 1
+    after = a.request(b2, FindNode(bytes(32)))
+    assert net.run_until(lambda: after in a.done)
+    assert _reply(a, after) == Nodes([])
+
+
+# -- one connection per pair ---------------------------------------------------------------
+
+
+def test_a_simultaneous_dial_keeps_one_connection_per_pair() -> None:
+    net = CoreNet()
+    a, b = net.add(), net.add()
+    from_a = a.request(b, Ping(nonce=1))
+    from_b = b.request(a, Ping(nonce=2))
+    assert net.run_until(lambda: from_a in a.done and from_b in b.done)
+    assert isinstance(_reply(a, from_a), Pong) and isinstance(_reply(b, from_b), Pong)
+    net.run_for(15.0)  # the loser drains and closes
+    assert len(a.core._conns) == 1 and len(b.core._conns) == 1
+    (conn_a,) = a.core._conns.values()
+    (conn_b,) = b.core._conns.values()
+    assert conn_a.role is not conn_b.role  # the same connection, seen from both ends
+    assert a.core.stats.duplicate_connections + b.core.stats.duplicate_connections >= 1
+    # both sides agree which one won, so nothing dials again
+    later = a.request(b, Ping(nonce=3))
+    assert net.run_until(lambda: later in a.done)
+    assert a.core.stats.connections_opened + a.core.stats.connections_accepted == 2
+
+
+def test_the_core_has_one_deadline_and_nothing_happens_between_inputs() -> None:
+    net = CoreNet()
+    a, b = net.add(), net.add()
+    request = a.request(b, Ping(nonce=1))
+    assert net.run_until(lambda: request in a.done)
+    deadline = a.core.get_timer()
+    assert deadline is not None and deadline > net.now
+    sent = a.core.stats.datagrams_received
+    assert a.core.datagrams_to_send(net.now) == []  # no input, no output
+    assert a.core.next_event() is None
+    assert a.core.stats.datagrams_received == sent
