@@ -23,10 +23,10 @@ from alembic import context
 from sqlalchemy import Connection, make_url
 
 from persistence.database import create_sqlite_engine, database_path
-from persistence.models import Base
+from persistence.models import metadata
 
 config = context.config
-target_metadata = Base.metadata
+target_metadata = metadata
 
 
 def _database_file() -> Path:

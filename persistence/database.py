@@ -27,13 +27,12 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy
 from sqlalchemy import (
     Connection,
     Engine,
-    Table,
     bindparam,
     case,
     delete,
@@ -57,7 +56,11 @@ from persistence.errors import (
     DatabaseUnavailableError,
     SchemaError,
 )
-from persistence.models import ChunkKind, ChunkRow, NodeStateRow, PeerRow, PeerTrustRow
+from persistence.models import ChunkKind
+from persistence.models import chunks as _chunks
+from persistence.models import node_state as _state
+from persistence.models import peer_trust as _trust
+from persistence.models import peers as _peers
 from protocol.xor import check_address
 
 DATABASE_FILENAME: Final = "node.sqlite3"
@@ -668,10 +671,6 @@ def _trust_values(record: TrustRecord) -> dict[str, Any]:
 
 # --- statements, built once (Core on the model tables: cheaper per call than ORM) ----
 
-_state = cast(Table, NodeStateRow.__table__)
-_peers = cast(Table, PeerRow.__table__)
-_chunks = cast(Table, ChunkRow.__table__)
-_trust = cast(Table, PeerTrustRow.__table__)
 
 _GET_STATE = select(_state.c.value).where(_state.c.key == bindparam("key"))
 _ALL_STATE = select(_state.c.key, _state.c.value)

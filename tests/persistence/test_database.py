@@ -39,7 +39,7 @@ from persistence.errors import (
     DatabaseUnavailableError,
     SchemaError,
 )
-from persistence.models import Base, ChunkKind
+from persistence.models import ChunkKind, metadata
 from tests.conftest import MountTmpfs
 
 RESPONSIBLE = ChunkKind.RESPONSIBLE
@@ -141,7 +141,7 @@ def test_the_models_match_what_the_migrations_build(tmp_path: Path) -> None:
         with engine.connect() as connection, warnings.catch_warnings():
             # SQLite cannot reflect the expression index; it is checked below instead.
             warnings.simplefilter("ignore")
-            differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+            differences = compare_metadata(MigrationContext.configure(connection), metadata)
             indexes = {
                 name
                 for (name,) in connection.exec_driver_sql(
