@@ -22,7 +22,7 @@ Real node processes on loopback, free testnets (no payments), crashes by kill -9
    a time, the node's chunk files are deleted (it neither notices nor says so: it
    answers with made-up proofs), after ``--trust-periods`` (6) audit periods in which
    it passed its audits and earned trust. Measured: until every honest node sharing chunks
-   with it (a majority, and all) shuns it, and until every chunk it held is at 5 honest nodes; in seconds
+   with it (a majority, and all) shuns it, and until every chunk it held is at 5 nodes keeping real bytes; in seconds
    and in audit periods (goal: within two).
 3. False shunnings in churn: ``--churn-nodes`` (25) honest nodes auditing every
    ``--interval`` seconds, data put, then for ``--duration`` seconds (600) a random
@@ -298,8 +298,12 @@ def measure_detection(args: argparse.Namespace, work: Path) -> None:
             def all_shun(sharers: list[NodeEntry] = sharers) -> bool:
                 return shunning() == len(sharers)
 
-            def five(mine: list[bytes] = mine) -> bool:
-                return not mine or min(replica_counts(honest, mine)) >= CLOSE_GROUP_SIZE
+            # Holders: the honest nodes and the droppers that have not dropped yet (they
+            # still keep real bytes and are members of close groups).
+            keeping = honest + cheats[cheats.index(cheat) + 1 :]
+
+            def five(mine: list[bytes] = mine, keeping: list[NodeEntry] = keeping) -> bool:
+                return not mine or min(replica_counts(keeping, mine)) >= CLOSE_GROUP_SIZE
 
             most = wait_until(majority, timeout=20 * interval, every=0.5)
             back = wait_until(five, timeout=20 * interval, every=0.5)
