@@ -58,7 +58,9 @@ from protocol.xor import closest
 DEFAULT_AUDIT_INTERVAL: Final = 900.0
 """Seconds between two audits of the same peer, on average."""
 POSSESSION_DELAY: Final = 180.0
-"""Seconds after a store before its close group is checked (at most the interval)."""
+"""Seconds after a store (or an offer back) before the chunk's holders are checked; at
+most half the audit interval, so that a peer that lacks what it was offered back is
+failed within two audit periods."""
 PROOF_CONTEXT: Final = b"autonomi-actors/storage-proof/v1"
 MISSING: Final = b""
 DECLINED: Final = b"\x00"
@@ -152,14 +154,14 @@ def judge(
 ) -> AuditReport:
     """Judge a peer's ``answers`` to ``challenge`` against the proofs the auditor expects.
 
-    Failed: a wrong proof, a malformed answer, or a chunk still missing after it was
-    offered back. Declining an address the auditor ranks the peer close to is a refusal.
+    Failed: a forged proof (the worst: only a liar sends one), a malformed answer, or a
+    chunk still missing after it was offered back. Declining an address the auditor ranks the peer close to is a refusal.
     A first-time missing chunk is offered back (a small mark against the peer).
     """
     kind, peer = challenge.kind, challenge.peer
     if len(answers) != len(challenge.addresses):
         return AuditReport(peer, kind, AuditOutcome.FAILED, (TrustEvent.AUDIT_FAILED,))
-    proven = wrong = declined = implausible = 0
+    proven = wrong = forged = declined = implausible = 0
     missing: list[bytes] = []
     still_missing = 0
     for address, answer in zip(challenge.addresses, answers, strict=True):
@@ -168,6 +170,7 @@ def judge(
                 proven += 1
             else:
                 wrong += 1
+                forged += address in expected
         elif answer == MISSING:
             missing.append(address)
             still_missing += address in challenge.owed
@@ -179,7 +182,7 @@ def judge(
     counts = {"proven": proven, "missing": len(missing), "wrong": wrong, "declined": declined}
     events: list[TrustEvent] = []
     if wrong or still_missing:
-        events.append(TrustEvent.AUDIT_FAILED)
+        events.append(TrustEvent.PROOF_FORGED if forged else TrustEvent.AUDIT_FAILED)
         outcome = AuditOutcome.FAILED
     elif missing:
         events.append(TrustEvent.CHUNK_MISSING)
@@ -231,7 +234,7 @@ class AuditPlanner:
         """Addresses this node may still challenge: the auditor's side of the cost bound."""
         self.interval = interval
         self.possession_delay = (
-            min(POSSESSION_DELAY, interval) if possession_delay is None else possession_delay
+            min(POSSESSION_DELAY, interval / 2) if possession_delay is None else possession_delay
         )
         self.grace = 2 * interval if grace is None else grace
         """A newcomer is not challenged for this long after it joined."""

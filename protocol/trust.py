@@ -27,7 +27,10 @@ class TrustEvent(enum.Enum):
     CHUNK_MISSING = "chunk_missing"
     """The peer answered "not held" for a chunk it should hold (first time)."""
     AUDIT_FAILED = "audit_failed"
-    """A wrong proof, or a chunk still missing after it was offered back."""
+    """A malformed answer, or a chunk still missing after it was offered back."""
+    PROOF_FORGED = "proof_forged"
+    """A proof that does not match the chunk: an honest node checks its bytes before it
+    answers and says "missing" when they are bad, so only a liar sends one."""
     CHECK_REFUSED = "check_refused"
     """The peer refused a storage check (other than "busy")."""
     WRONG_BYTES = "wrong_bytes"
@@ -38,14 +41,16 @@ WEIGHTS: Final[dict[TrustEvent, float]] = {
     TrustEvent.AUDIT_PASSED: 1.0,
     TrustEvent.CHUNK_MISSING: -1.0,
     TrustEvent.AUDIT_FAILED: -5.0,
+    TrustEvent.PROOF_FORGED: -12.0,
     TrustEvent.CHECK_REFUSED: -2.0,
     TrustEvent.WRONG_BYTES: -5.0,
 }
 MAX_SCORE: Final = 5.0
 SHUN_THRESHOLD: Final = -5.5
-"""A missing chunk then a failed audit (or three refusals) shun a peer; one slip does not.
-Not -6.0 (the sum of the weights): the failure comes a possession delay after the
-missing chunk, and by then the -1 has decayed a little, which would never reach -6."""
+"""A missing chunk then a failed audit (or three refusals) shun a peer; one slip does not;
+a forged proof does at once, whatever the peer's trust. Not -6.0 (the sum of the
+weights): the failure comes a possession delay after the missing chunk, and by then the
+-1 has decayed a little, which would never reach -6."""
 HALF_LIFE_SECONDS: Final = 3600.0
 SHUN_SECONDS: Final = 24 * 3600.0
 

@@ -134,7 +134,7 @@ def test_a_wrong_proof_fails() -> None:
     answers[2] = storage_proof(c.nonce, c.peer, ADDRS[2], b"other bytes")
     report = judge(c, expected_for(c), answers)
     assert report.outcome is AuditOutcome.FAILED
-    assert report.events == (TrustEvent.AUDIT_FAILED,)
+    assert report.events == (TrustEvent.PROOF_FORGED,), "a proof of other bytes is forged"
     assert (report.proven, report.wrong) == (3, 1)
 
 

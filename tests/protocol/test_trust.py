@@ -65,10 +65,21 @@ def test_scores_decay_with_the_half_life() -> None:
 
 def test_one_slip_does_not_shun() -> None:
     for event in TrustEvent:
+        if event is TrustEvent.PROOF_FORGED:
+            continue  # no slip: a lie (below)
         book = TrustBook()
         assert book.record(A, event, 0.0) is False
         assert not book.is_shunned(A, 0.0)
         assert book.shunned(0.0) == {}
+
+
+def test_a_forged_proof_shuns_at_once_even_a_peer_of_full_trust() -> None:
+    book = TrustBook()
+    for _ in range(10):
+        book.record(A, TrustEvent.AUDIT_PASSED, 0.0)
+    assert book.score(A, 0.0) == MAX_SCORE
+    assert book.record(A, TrustEvent.PROOF_FORGED, 1.0) is True
+    assert book.is_shunned(A, 1.0)
 
 
 def test_a_missing_chunk_then_a_failed_audit_shuns() -> None:
