@@ -9,9 +9,11 @@ and how to reach peers behind NAT.
   keeps that connection alive, and announces only its circuit address
   ``/ip4/R/udp/P/quic-v1/p2p/<relay>/p2p-circuit/p2p/<self>`` (``Announce`` to the
   peers it is connected to, ``Hello`` to new ones).
-- **The dial cascade** (``protocol.nat.DialCascade``): direct, then a hole punch
-  coordinated by the peer's relay, then a circuit through that relay. The Transport
-  hands it peers whose direct addresses failed; ``connect`` runs it from the top.
+- **The dial cascade** is the Transport's (``actors._quic.reach``: direct, then a hole
+  punch coordinated by the peer's relay, then a circuit through that relay, planned
+  in one place). This actor gives it its step timeouts and says whether punching can
+  work (not behind a symmetric NAT); ``connect`` asks it (``TransportHandle.reach``)
+  and measures the connection it got.
 - **Serving others**: dial-backs, punch coordination, relaying (the relay's datagram
   forwarding itself runs in the Transport's loop; this actor grants reservations and
   opens circuits).
@@ -20,7 +22,6 @@ and how to reach peers behind NAT.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import os
 import socket
@@ -38,37 +39,28 @@ from actors.messages import (
     InboundRequest,
     PeerDisconnected,
     ProbeArrived,
-    ReachPeer,
     StatusQuery,
     Tick,
 )
-from actors.transport import CascadeSink, ControlSink, TransportHandle
-from protocol.errors import PeerUnreachable, TransportError
+from actors.transport import ControlSink, ReachResult, TransportHandle
+from protocol.errors import TransportError
 from protocol.multiaddr import (
     Multiaddr,
     MultiaddrError,
     format_multiaddr,
     parse_multiaddr,
-    split_addrs,
 )
 from protocol.nat import (
     NONCE_BYTES,
     Attempt,
-    CascadeAction,
     CascadeTimeouts,
-    Connected,
     ControlKind,
     DialBackLimiter,
-    DialCascade,
-    DialDirect,
-    GaveUp,
     How,
     NatStatus,
-    PunchVia,
     Reachability,
     ReachabilityCheck,
     RelayReservation,
-    RelayVia,
     control_datagram,
 )
 from protocol.relay import Refused
@@ -128,43 +120,22 @@ class CascadeResult:
         return dataclasses.asdict(self)
 
 
-@dataclass
-class _Job:
-    id: int
-    peer_id: bytes
-    cascade: DialCascade
-    started: float
-    from_transport: bool
-    waiters: list[Callable[[CascadeResult], None]] = field(default_factory=list)
-    transport_waits: bool = False
-    """The Transport asked for this peer too (``ReachPeer``): tell it the end."""
-
-
 # -- internal messages (results of remote calls, told back to the actor) ---------------
 
 
 @dataclass(frozen=True, slots=True)
-class _StepDone:
-    """A dial of the cascade finished (``outcome.error`` None: connected)."""
+class _Reached:
+    """The Transport's cascade for a ``connect`` ended."""
 
-    job_id: int
-    step: int
-    outcome: Outcome[bytes]
-
-
-@dataclass(frozen=True, slots=True)
-class _RelayAnswered:
-    """A relay's answer to a punch (``PunchRequest``) or circuit (``RelayConnect``) request."""
-
-    job_id: int
-    step: int
-    relay_id: bytes
-    outcome: Outcome[Message]
+    peer_id: bytes
+    on_done: Callable[[CascadeResult], None] | None
+    started: float
+    outcome: Outcome[ReachResult]
 
 
 @dataclass(frozen=True, slots=True)
 class _RttMeasured:
-    job_id: int
+    on_done: Callable[[CascadeResult], None] | None
     result: CascadeResult
     sent: float
     outcome: Outcome[Message]
@@ -204,11 +175,15 @@ class NatTraverser(NodeActor):
         self.check = ReachabilityCheck(self.nat, wait=self.config.dial_back_wait)
         if self.config.reachability is not None:
             self.nat.reachability = self.config.reachability
-        self._jobs: dict[int, _Job] = {}
-        self._job_ids = itertools.count(1)
         self.relays = RelayReservation(retry_after=RESERVE_RETRY)
         self._dial_backs = DialBackLimiter()
-        self.figures = {"cascades": 0, "direct": 0, "punched": 0, "relayed": 0, "failed": 0}
+        self._punch = self._can_punch()
+        transport.set_cascade(self.config.timeouts, self._punch)
+
+    def _can_punch(self) -> bool:
+        # behind a symmetric NAT, the far side would open its NAT toward a port our
+        # router does not use for it: straight to the relay
+        return self.config.punch and not self.nat.symmetric()
 
     # -- messages ----------------------------------------------------------------------
 
@@ -217,34 +192,28 @@ class NatTraverser(NodeActor):
         match message:
             case AddressObserved(address=address, reporter=reporter):
                 self.nat.observe(address, reporter, time.time())
+                if self._can_punch() != self._punch:
+                    self._punch = self._can_punch()
+                    self.transport.set_cascade(punch=self._punch)
             case ProbeArrived(nonce=nonce):
                 if self.check.probe_received(nonce, now):
                     self._reachability_changed()
             case Tick():
                 self._tick(now)
-            case ReachPeer(peer_id=peer_id, relayed=circuits):
-                self._start_job(peer_id, [], list(circuits), None, from_transport=True)
             case ConnectPeer(peer_id=peer_id, addrs=addrs, on_done=on_done, fresh=fresh):
                 if fresh:
                     self.transport.disconnect(peer_id)
-                direct, relayed = split_addrs(addrs, peer_id)
-                self._start_job(
-                    peer_id,
-                    [str(m) for m in direct],
-                    [str(m) for m in relayed],
-                    on_done,
-                    from_transport=False,
-                )
+                future = self.transport.reach(peer_id, addrs)
+                reached = partial(_Reached, peer_id, on_done, now)
+                tell_when_done(future, self.actor_ref, reached)
             case PeerDisconnected(peer_id=peer_id):
                 if self.relays.drop(peer_id):
                     log.info("lost the relay %s: looking for another", peer_id.hex()[:12])
                     self._announce()
             case InboundRequest():
                 self._serve(message, now)
-            case _StepDone():
-                self._step_done(message, now)
-            case _RelayAnswered():
-                self._relay_answered(message, now)
+            case _Reached():
+                self._reached(message)
             case _RttMeasured():
                 self._rtt_measured(message)
             case _DialBackAnswered(nonce=nonce, outcome=outcome):
@@ -270,7 +239,17 @@ class NatTraverser(NodeActor):
             status["relaying"] = self.transport.relay_status()
         except TransportError as exc:
             status["relaying"] = {"error": f"{type(exc).__name__}: {exc}"}
-        status["cascades"] = dict(self.figures)
+        try:
+            stats = self.transport.stats()
+            status["cascades"] = {
+                "cascades": stats.cascades,
+                "direct": stats.cascades_direct,
+                "punched": stats.cascades_punched,
+                "relayed": stats.cascades_relayed,
+                "failed": stats.cascades_failed,
+            }
+        except TransportError as exc:
+            status["cascades"] = {"error": f"{type(exc).__name__}: {exc}"}
         return status
 
     # -- reachability and the relay reservation ----------------------------------------
@@ -346,187 +325,46 @@ class NatTraverser(NodeActor):
         for peer_id in self.transport.connected_peers():
             self.transport.request(peer_id, Announce(announced), timeout=5.0)
 
-    # -- the cascade -------------------------------------------------------------------
+    # -- connect: the Transport's cascade, then a measured RTT ---------------------------
 
-    def _start_job(
-        self,
-        peer_id: bytes,
-        direct: list[str],
-        relayed: list[str],
-        on_done: Callable[[CascadeResult], None] | None,
-        from_transport: bool,
-    ) -> None:
-        now = time.monotonic()
-        for job in self._jobs.values():
-            if job.peer_id == peer_id:  # one cascade per peer at a time
-                if on_done is not None:
-                    job.waiters.append(on_done)
-                job.transport_waits |= from_transport
-                return
-        try:
-            connected = not from_transport and self._connected(peer_id)
-        except TransportError as exc:
-            job = _Job(next(self._job_ids), peer_id, DialCascade([], [], now), now, from_transport)
-            if on_done is not None:
-                job.waiters.append(on_done)
-            self._finish(job, None, f"{type(exc).__name__}: {exc}")
+    def _reached(self, message: _Reached) -> None:
+        connect_ms = round((time.monotonic() - message.started) * 1000.0, 3)
+        reached = message.outcome.value
+        if reached is None:
+            error = _why(message.outcome) or "no result"
+            result = CascadeResult(message.peer_id.hex(), False, None, connect_ms, None, [], error)
+            self._done(message.on_done, result)
             return
-        if connected:
-            cascade = DialCascade([], [], now)
-            job = _Job(next(self._job_ids), peer_id, cascade, now, from_transport)
-            if on_done is not None:
-                job.waiters.append(on_done)
-            self._jobs[job.id] = job
-            how = next(
-                (c.how for c in self.transport.connections() if c.peer_id == peer_id.hex()),
-                None,
+        attempts = list(reached.attempts)
+        if not reached.connected:
+            log.info("cannot reach %s: %s", message.peer_id.hex()[:12], reached.error)
+            result = CascadeResult(
+                message.peer_id.hex(), False, None, connect_ms, None, attempts, reached.error
             )
-            self._measure_rtt(job, how)
+            self._done(message.on_done, result)
             return
-        self.figures["cascades"] += 1
-        # behind a symmetric NAT, the far side would open its NAT toward a port our
-        # router does not use for it: straight to the relay
-        punch = self.config.punch and not self.nat.symmetric()
-        cascade = DialCascade(direct, relayed, now, self.config.timeouts, punch=punch)
-        job = _Job(next(self._job_ids), peer_id, cascade, now, from_transport)
-        if on_done is not None:
-            job.waiters.append(on_done)
-        self._jobs[job.id] = job
-        self._perform(job, cascade.start(now))
-
-    def _connected(self, peer_id: bytes) -> bool:
-        """Connected to the peer by a connection no ``disconnect`` is closing."""
-        return any(c.peer_id == peer_id.hex() for c in self.transport.connections())
-
-    def _perform(self, job: _Job, action: CascadeAction) -> None:
-        step = len(job.cascade.attempts)
-        match action:
-            case DialDirect(via=addr, timeout=timeout):
-                dialled = self.transport.dial(addr, job.peer_id, timeout)
-                tell_when_done(dialled, self.actor_ref, partial(_StepDone, job.id, step))
-            case PunchVia(via=via, timeout=timeout) | RelayVia(via=via, timeout=timeout):
-                relay_id = _peer_of(via)
-                if relay_id is None or relay_id == self.own_id:
-                    self._perform(job, job.cascade.failed("no relay to ask", time.monotonic()))
-                    return
-                ask: Message = (
-                    PunchRequest(job.peer_id)
-                    if isinstance(action, PunchVia)
-                    else RelayConnect(job.peer_id)
-                )
-                future = self.transport.request(relay_id, ask, timeout, addrs=[via])
-                tell_when_done(
-                    future, self.actor_ref, partial(_RelayAnswered, job.id, step, relay_id)
-                )
-            case Connected(how=how):
-                self.figures[str(how)] += 1
-                self._measure_rtt(job, str(how))
-            case GaveUp(reason=reason):
-                self.figures["failed"] += 1
-                self._finish(job, None, reason)
-
-    def _current(self, job_id: int, step: int) -> _Job | None:
-        """The job if ``step`` is still its running step (late answers are ignored)."""
-        job = self._jobs.get(job_id)
-        if job is None or len(job.cascade.attempts) != step or job.cascade.current is None:
-            return None
-        return job
-
-    def _step_done(self, message: _StepDone, now: float) -> None:
-        job = self._current(message.job_id, message.step)
-        if job is None:
+        result = CascadeResult(message.peer_id.hex(), True, reached.how, connect_ms, None, attempts)
+        if message.on_done is None:
             return
-        error = _why(message.outcome)
-        if error is None:
-            self._perform(job, job.cascade.succeeded(now))
-        else:
-            self._perform(job, job.cascade.failed(error, now))
-
-    def _relay_answered(self, message: _RelayAnswered, now: float) -> None:
-        """The relay answered a punch or circuit request: dial what it said."""
-        job = self._current(message.job_id, message.step)
-        if job is None:
-            return
-        action = job.cascade.current
-        match action, message.outcome.value:
-            case PunchVia(timeout=timeout), PunchReply(addr=addr):
-                try:
-                    target = parse_multiaddr(addr).socket_address
-                except MultiaddrError as exc:
-                    self._perform(job, job.cascade.failed(f"bad punch address: {exc}", now))
-                    return
-                self.transport.send_openers(target)
-                dialled = self.transport.dial(target, job.peer_id, timeout, how=How.PUNCHED)
-            case RelayVia(timeout=timeout), RelayCircuit(circuit=circuit):
-                dialled = self.transport.dial_circuit(
-                    message.relay_id, circuit, job.peer_id, timeout
-                )
-            case _:
-                why = _why(message.outcome) or "unexpected reply"
-                self._perform(job, job.cascade.failed(why, now))
-                return
-        step = message.step
-        tell_when_done(dialled, self.actor_ref, partial(_StepDone, job.id, step))
-
-    def _measure_rtt(self, job: _Job, how: str | None) -> None:
-        connect_ms = round((time.monotonic() - job.started) * 1000.0, 3)
-        # the connection the peer has now says how (another route may have won meanwhile)
-        try:
-            connections = self.transport.connections()
-        except TransportError:
-            connections = []  # unknown now: the step that connected says how
-        how = next((c.how for c in connections if c.peer_id == job.peer_id.hex()), how)
-        result = CascadeResult(
-            job.peer_id.hex(), True, how, connect_ms, None, list(job.cascade.attempts)
-        )
-        if job.from_transport or job.transport_waits:
-            # the requests waiting are the point: let them go now
-            self.transport.cascade_finished(job.peer_id, None)
-            job.from_transport = job.transport_waits = False
-            if not job.waiters:
-                self._finish(job, result, None)
-                return
         sent = time.monotonic()
-        future = self.transport.request(job.peer_id, Ping(int.from_bytes(os.urandom(7))), 5.0)
-        tell_when_done(future, self.actor_ref, partial(_RttMeasured, job.id, result, sent))
+        ping = Ping(int.from_bytes(os.urandom(7)))
+        future = self.transport.request(message.peer_id, ping, 5.0)
+        tell_when_done(future, self.actor_ref, partial(_RttMeasured, message.on_done, result, sent))
 
     def _rtt_measured(self, message: _RttMeasured) -> None:
-        job = self._jobs.get(message.job_id)
-        if job is None:
-            return
         rtt = None
         if message.outcome.error is None:
             rtt = round((time.monotonic() - message.sent) * 1000.0, 3)
-        result = message.result
-        self._finish(
-            job,
-            CascadeResult(
-                result.peer_id, True, result.how, result.connect_ms, rtt, result.attempts
-            ),
-            None,
-        )
+        self._done(message.on_done, dataclasses.replace(message.result, rtt_ms=rtt))
 
-    def _finish(self, job: _Job, result: CascadeResult | None, error: str | None) -> None:
-        self._jobs.pop(job.id, None)
-        if result is None:
-            result = CascadeResult(
-                job.peer_id.hex(),
-                False,
-                None,
-                round((time.monotonic() - job.started) * 1000.0, 3),
-                None,
-                list(job.cascade.attempts),
-                error,
-            )
-            log.info("cannot reach %s: %s", job.peer_id.hex()[:12], error)
-        if job.from_transport or job.transport_waits:
-            failure = None if result.connected else PeerUnreachable(error or "unreachable")
-            self.transport.cascade_finished(job.peer_id, failure)
-        for waiter in job.waiters:
-            try:
-                waiter(result)
-            except Exception:
-                log.exception("a connect waiter failed")
+    @staticmethod
+    def _done(on_done: Callable[[CascadeResult], None] | None, result: CascadeResult) -> None:
+        if on_done is None:
+            return
+        try:
+            on_done(result)
+        except Exception:
+            log.exception("a connect waiter failed")
 
     # -- serving others ----------------------------------------------------------------
 
@@ -642,7 +480,6 @@ class NatTraverser(NodeActor):
 
 class NatHooks(TypedDict):
     on_control: ControlSink
-    on_cascade: CascadeSink
 
 
 def nat_hooks(tell: Callable[[Any], None]) -> NatHooks:
@@ -652,20 +489,10 @@ def nat_hooks(tell: Callable[[Any], None]) -> NatHooks:
         if kind is ControlKind.DIAL_BACK:
             tell(ProbeArrived(nonce))
 
-    def on_cascade(peer_id: bytes, relayed: list[str]) -> None:
-        tell(ReachPeer(peer_id, tuple(relayed)))
-
-    return {"on_control": on_control, "on_cascade": on_cascade}
+    return {"on_control": on_control}
 
 
 def _why(outcome: Outcome[Any]) -> str | None:
     if outcome.error is None:
         return None
     return f"{type(outcome.error).__name__}: {outcome.error}"
-
-
-def _peer_of(text: str) -> bytes | None:
-    try:
-        return parse_multiaddr(text).peer_id
-    except MultiaddrError:
-        return None

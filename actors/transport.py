@@ -32,32 +32,31 @@ import msgspec
 import pykka
 
 from actors._quic.endpoint import (
-    CascadeSink,
     ConnectionInfo,
     ControlSink,
     Dispatch,
     QuicEndpoint,
+    ReachResult,
     TransportBusy,
     TransportConfig,
     TransportStats,
 )
 from actors.base import NodeActor
 from actors.messages import Event, InboundRequest, PeerConnected, PeerDisconnected, StatusQuery
-from protocol.errors import TransportError
 from protocol.identity import Identity
 from protocol.multiaddr import Multiaddr
-from protocol.nat import How
+from protocol.nat import CascadeTimeouts, How
 from protocol.relay import Circuit, Refused, RelayLimits, Reservation
 from protocol.wire import Error, ErrorCode, Message
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "CascadeSink",
     "ConnectionInfo",
     "ControlSink",
     "Dial",
     "GetTransportHandle",
+    "ReachResult",
     "Transport",
     "TransportBusy",
     "TransportConfig",
@@ -160,8 +159,16 @@ class TransportHandle:
     def set_announced(self, addrs: Sequence[str] | None) -> None:
         self._endpoint.set_announced(addrs)
 
-    def cascade_finished(self, peer_id: bytes, error: TransportError | None) -> None:
-        self._endpoint.cascade_finished(peer_id, error)
+    def reach(self, peer_id: bytes, addrs: Sequence[str] = ()) -> pykka.Future[ReachResult]:
+        """Reach the peer through the one dial cascade (direct, then a hole punch, then a
+        relay, with the step timeouts of ``protocol.nat``); the future gets how it went."""
+        return self._endpoint.reach(peer_id, addrs)
+
+    def set_cascade(
+        self, timeouts: CascadeTimeouts | None = None, punch: bool | None = None
+    ) -> None:
+        """The cascade's step timeouts, and whether it tries hole punching."""
+        self._endpoint.set_cascade(timeouts, punch)
 
     def relay_reserve(self, client: bytes) -> Reservation | Refused:
         return self._endpoint.relay_reserve(client)
@@ -214,7 +221,6 @@ class Transport(NodeActor):
         on_peer_connected: Callable[[PeerConnected], None] | None = None,
         on_peer_disconnected: Callable[[PeerDisconnected], None] | None = None,
         on_control: ControlSink | None = None,
-        on_cascade: CascadeSink | None = None,
     ) -> None:
         super().__init__()
         self.config = config or TransportConfig()
@@ -227,7 +233,6 @@ class Transport(NodeActor):
             dispatch=dispatch,
             on_event=self._from_loop,
             on_control=on_control,
-            on_cascade=on_cascade,
         )
         self.endpoint.start()  # binds the socket: a bad host/port raises here
         self.handle = TransportHandle(self.endpoint)

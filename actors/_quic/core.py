@@ -65,18 +65,21 @@ from actors._quic.backend import (
     make_backend,
 )
 from actors._quic.model import (
-    CascadeNeeded,
     ConnectionInfo,
     ControlReceived,
     CoreEvent,
     DialDone,
     HandshakeMessage,
+    ReachDone,
+    ReachResult,
     RequestDone,
     RequestReceived,
+    SendOpeners,
     ToHandshake,
     TransportConfig,
     TransportStats,
 )
+from actors._quic.reach import Answer, ReachPlanner
 from actors._quic.timers import Timer, Timers
 from actors.handshake import (
     BeginHandshake,
@@ -106,7 +109,13 @@ from protocol.multiaddr import (
     parse_multiaddr,
     split_addrs,
 )
-from protocol.nat import ControlKind, How, is_control_datagram, parse_control_datagram
+from protocol.nat import (
+    CascadeTimeouts,
+    ControlKind,
+    How,
+    is_control_datagram,
+    parse_control_datagram,
+)
 from protocol.relay import Circuit, Refused, RelayTable, Reservation, pack, unpack
 from protocol.wire import (
     HANDSHAKE_NONCE_BYTES,
@@ -168,7 +177,6 @@ class _Outbound:
     conn: _Conn | None = None
     stream_id: int = -1
     decoder: FrameDecoder = field(default_factory=FrameDecoder, repr=False)
-    dial_attempts: int = 0
     retries: int = 0
     done: bool = False
 
@@ -233,6 +241,8 @@ class _Conn:
     """Kept alive even when idle (the connection to this node's relay)."""
     hello_addrs: tuple[str, ...] = ()
     """The addresses this node's Hello announced on this connection."""
+    reach: tuple[int, int] | None = None
+    """The cascade step this dial carries out (``ReachPlanner`` token)."""
 
     @property
     def direction(self) -> Direction:
@@ -252,8 +262,6 @@ class _Peer:
     relayed: list[str] = field(default_factory=list)
     """Circuit multiaddrs of the peer (it is behind NAT and holds relay reservations)."""
     dialing: bool = False
-    cascading: bool = False
-    """The NatTraverser is trying to reach the peer (punch, relay); requests wait."""
 
 
 class TransportCore:
@@ -267,16 +275,17 @@ class TransportCore:
         sink: HandshakeSink,
         certificate: TlsCertificate | None = None,
         instance: bytes | None = None,
-        cascades: bool = False,
         listen_addrs: Sequence[str] = (),
     ) -> None:
-        """``sink`` goes into the Handshake actor's messages (it answers there);
-        ``cascades``: someone handles ``CascadeNeeded`` (else a peer whose direct
-        addresses failed is unreachable at once)."""
+        """``sink`` goes into the Handshake actor's messages (it answers there)."""
         self.identity = identity
+        self.own_id = identity.peer_id
         self.config = config
         self._sink = sink
-        self.cascades = cascades
+        self.planner = ReachPlanner(self)
+        self._answers: dict[int, Answer] = {}
+        """The core's own requests (a cascade's questions to relays): who gets the reply."""
+        self._deferred: list[Callable[[], object]] = []
         self.certificate = certificate or TlsCertificate.generate()
         self._backend: QuicBackend = make_backend(
             config.quic,
@@ -316,7 +325,19 @@ class TransportCore:
             )
         )
         self._retry_tokens = RetryTokens()
-        self.stats = TransportStats()
+        self._stats = TransportStats()
+
+    @property
+    def stats(self) -> TransportStats:
+        """The counters (the cascade figures copied in)."""
+        figures = self.planner.figures
+        stats = self._stats
+        stats.cascades = figures["cascades"]
+        stats.cascades_direct = figures["direct"]
+        stats.cascades_punched = figures["punched"]
+        stats.cascades_relayed = figures["relayed"]
+        stats.cascades_failed = figures["failed"]
+        return stats
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -356,23 +377,28 @@ class TransportCore:
         now: float,
         timeout: float | None = None,
         addrs: Sequence[str] = (),
+        *,
+        answer: Answer | None = None,
     ) -> int:
         """Send ``message`` (or an encoded frame) to ``peer_id``; returns the request id
         that its ``RequestDone`` event carries (the reply, or a ``TransportError``).
 
         ``addrs`` are multiaddrs to dial if no connection to the peer is open. The
         deadline (default ``request_timeout``) covers queueing, dialling and the reply.
+        ``answer`` (the core's own requests): called instead of the event.
         """
         self._now = now
         request_id = next(self._op_ids)
+        if answer is not None:
+            self._answers[request_id] = answer
         try:
             frame = message if isinstance(message, bytes) else encode_frame(message)
         except WireError as exc:
-            self._events.append(RequestDone(request_id, None, exc))
+            self._request_done(request_id, None, exc)
             return request_id
         if peer_id == self.identity.peer_id:
             error = PeerUnreachable("a node does not send requests to itself")
-            self._events.append(RequestDone(request_id, None, error))
+            self._request_done(request_id, None, error)
             return request_id
         deadline = now + (self.config.request_timeout if timeout is None else timeout)
         hints, relayed = _addresses(addrs, peer_id)
@@ -465,6 +491,7 @@ class TransportCore:
         """Close every connection (telling peers) and fail what is pending."""
         self._now = now
         self._closed = True
+        self.planner.close(TransportClosed("stopping"), now)
         for conn in list(self._conns.values()):
             self._close(conn, AppErrorCode.SHUTDOWN, "node stopping", TransportClosed("stopping"))
         for peer in self._peers.values():
@@ -500,10 +527,41 @@ class TransportCore:
         """A peer will connect to this node through circuit ``circuit`` of ``relay_id``."""
         self._circuit_address(relay_id, circuit)
 
-    def cascade_finished(self, peer_id: bytes, error: TransportError | None, now: float) -> None:
-        """Whoever handled ``CascadeNeeded`` for ``peer_id`` is done."""
+    def reach(self, peer_id: bytes, addrs: Sequence[str], now: float) -> int:
+        """Reach the peer through the dial cascade (direct, punch, relay) over ``addrs``
+        (multiaddrs, direct and relayed); returns the reach id that its ``ReachDone``
+        event carries. Joins the peer's running cascade; answers at once if connected."""
         self._now = now
-        self._cascade_finished(peer_id, error)
+        reach_id = next(self._op_ids)
+        peer = self._peer(peer_id) if peer_id != self.own_id else None
+        if peer is None:
+            result = ReachResult(peer_id, False, None, (), 0.0, "that is this node")
+            self._events.append(ReachDone(reach_id, result))
+            return reach_id
+        if peer.conn is not None and peer.conn.state == "ready":
+            result = ReachResult(peer_id, True, str(peer.conn.how), (), 0.0)
+            self._events.append(ReachDone(reach_id, result))
+            return reach_id
+        direct, relayed = split_addrs(addrs, peer_id)
+        self.planner.start(
+            peer_id,
+            [str(m) for m in direct],
+            [str(m) for m in relayed],
+            now,
+            counted=True,
+            reach_id=reach_id,
+        )
+        return reach_id
+
+    def set_cascade(
+        self, timeouts: CascadeTimeouts | None = None, punch: bool | None = None
+    ) -> None:
+        """The cascade's step timeouts, and whether to try hole punching (not behind a
+        symmetric NAT)."""
+        if timeouts is not None:
+            self.planner.timeouts = timeouts
+        if punch is not None:
+            self.planner.punch = punch
 
     def relay_reserve(self, client: bytes, now: float) -> Reservation | Refused:
         return self.relay.reserve(client, now)
@@ -534,7 +592,12 @@ class TransportCore:
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, SocketAddress]]:
         """Handle what the inputs left to do and return the datagrams to send."""
         self._now = now
-        self._flush()
+        while True:
+            while self._deferred:
+                self._deferred.pop(0)()
+            self._flush()
+            if not self._deferred:
+                break
         out, self._outbox = self._outbox, []
         return out
 
@@ -544,7 +607,7 @@ class TransportCore:
 
     def has_work(self) -> bool:
         """Datagrams, events or connections to service are waiting."""
-        return bool(self._outbox or self._events or self._dirty)
+        return bool(self._outbox or self._events or self._dirty or self._deferred)
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -568,6 +631,86 @@ class TransportCore:
         self, dial_id: int, peer_id: bytes | None = None, error: TransportError | None = None
     ) -> None:
         self._events.append(DialDone(dial_id, peer_id, error))
+
+    def _request_done(
+        self, request_id: int, reply: Message | None, error: Exception | None
+    ) -> None:
+        answer = self._answers.pop(request_id, None)
+        if answer is None:
+            self._events.append(RequestDone(request_id, reply, error))
+        else:  # later, not inside the rule that finished the request
+            self._deferred.append(lambda: answer(reply, error, self._now))
+
+    # -- the dial cascade's steps (``ReachActions``, called by the planner) --------------
+
+    def reach_dial(
+        self, peer_id: bytes, addr: SocketAddress, timeout: float, how: How, token: tuple[int, int]
+    ) -> None:
+        peer = self._peer(peer_id)
+        if self._closed:
+            error = TransportClosed("the transport is closed")
+            self._deferred.append(lambda: self.planner.step_failed(token, error, self._now))
+            return
+        if how is How.DIRECT:
+            _remember_addr(peer, addr)
+        if peer.conn is not None and peer.conn.state == "ready":
+            how_now = peer.conn.how
+            self._deferred.append(lambda: self.planner.connected(peer_id, how_now, self._now))
+            return
+        for conn in self._conns.values():
+            if (
+                conn.role is Role.CLIENT
+                and conn.state in ("quic", "identity")
+                and conn.dial_addr == addr
+                and conn.expected_peer_id == peer_id
+            ):
+                conn.reach = token  # a dial to that address is running: its end decides
+                return
+        conn = self._open(addr, peer_id, [], timeout, how)
+        conn.reach = token
+
+    def reach_ask(
+        self, relay_id: bytes, message: Message, timeout: float, via: str, answer: Answer
+    ) -> None:
+        self.request(relay_id, message, self._now, timeout, [via], answer=answer)
+
+    def reach_circuit(
+        self, relay_id: bytes, circuit: int, peer_id: bytes, timeout: float, token: tuple[int, int]
+    ) -> str | None:
+        if self._closed:
+            return "the transport is closed"
+        relay = self._peers.get(relay_id)
+        if relay is None or relay.conn is None or relay.conn.state != "ready":
+            return "not connected to the relay"
+        peer = self._peer(peer_id)
+        if peer.conn is not None and peer.conn.state == "ready":
+            how_now = peer.conn.how
+            self._deferred.append(lambda: self.planner.connected(peer_id, how_now, self._now))
+            return None
+        addr = self._circuit_address(relay_id, circuit)
+        conn = self._open(addr, peer_id, [], timeout, how=How.RELAYED)
+        conn.circuit = (relay_id, circuit)
+        conn.reach = token
+        return None
+
+    def reach_openers(self, addr: SocketAddress) -> None:
+        self._events.append(SendOpeners(addr))
+
+    def reach_finished(
+        self, peer_id: bytes, result: ReachResult, failure: TransportError | None
+    ) -> None:
+        for waiters, done in self.planner.finished:
+            for reach_id in waiters:
+                self._events.append(ReachDone(reach_id, done))
+        self.planner.finished.clear()
+        peer = self._peers.get(peer_id)
+        if peer is None:
+            return
+        if failure is None or (peer.conn is not None and peer.conn.state == "ready"):
+            self._pump(peer)
+            return
+        while peer.queue:  # they waited for this cascade
+            self._complete(peer.queue.popleft(), error=failure)
 
     # -- datagrams in ------------------------------------------------------------
     def _route(self, data: bytes, addr: SocketAddress, now: float) -> _Conn | None:
@@ -1021,6 +1164,8 @@ class TransportCore:
             self._retire(current)
         else:
             self._retire(conn)
+        if peer.conn is not None and self.planner.running(peer.peer_id):
+            self.planner.connected(peer.peer_id, peer.conn.how, self._now)
         self._pump(peer)
 
     def _emit_connected(self, conn: _Conn) -> None:
@@ -1202,12 +1347,9 @@ class TransportCore:
                 self._events.append(PeerDisconnected(peer.peer_id, reason))
                 self._relay_gone(peer.peer_id)
         elif not was_ready and conn.role is Role.CLIENT and peer.conn is None:
-            if peer.cascading:
-                self._pump(peer)
-                return
             peer.dialing = False
-            if peer.queue:
-                self._dial_next(peer, error)
+            if conn.reach is not None and self.planner.running(peer.peer_id):
+                self.planner.step_failed(conn.reach, error, self._now)  # the next step
                 return
         self._pump(peer)
 
@@ -1320,25 +1462,6 @@ class TransportCore:
         kind, nonce = parsed
         if kind is ControlKind.DIAL_BACK:
             self._events.append(ControlReceived(kind, nonce, addr))
-
-    def _cascade_finished(self, peer_id: bytes, error: TransportError | None) -> None:
-        peer = self._peers.get(peer_id)
-        if peer is None:
-            return
-        peer.cascading = False
-        if peer.conn is not None:
-            peer.dialing = False
-            self._pump(peer)
-            return
-        if any(
-            c.state in ("quic", "identity") and c.expected_peer_id == peer_id
-            for c in self._conns.values()
-        ):
-            return  # a dial of the cascade is still running; its end decides
-        peer.dialing = False
-        failure = error or PeerUnreachable(f"cannot reach {_short(peer_id)}")
-        while peer.queue:
-            self._complete(peer.queue.popleft(), error=failure)
 
     def _on_announce(self, conn: _Conn, listen_addrs: list[str]) -> None:
         """The peer's addresses changed: remember them and tell the routing table."""
@@ -1600,11 +1723,11 @@ class TransportCore:
         self._pump(peer)
 
     def _pump(self, peer: _Peer) -> None:
-        """Start queued requests on the peer's connection, or dial it."""
+        """Start queued requests on the peer's connection, or reach it."""
         conn = peer.conn
         if conn is None or conn.state != "ready":
-            if peer.queue and not peer.dialing:
-                self._dial_next(peer, None)
+            if peer.queue and not peer.dialing and not self.planner.running(peer.peer_id):
+                self._reach_for_queue(peer)
             return
         while peer.queue and peer.in_flight < self.config.max_in_flight_per_peer:
             if not conn.quic.can_open_stream():
@@ -1613,38 +1736,29 @@ class TransportCore:
             if not outbound.done:
                 self._start(conn, peer, outbound)
 
-    def _dial_next(self, peer: _Peer, last_error: TransportError | None) -> None:
-        """Dial the peer's next known address for its queued requests."""
+    def _reach_for_queue(self, peer: _Peer) -> None:
+        """Start the cascade to the peer for its queued requests (its known direct
+        addresses, then its relays)."""
         live = [o for o in peer.queue if not o.done]
         peer.queue = collections.deque(live)
         if not live:
             return
-        attempts = live[0].dial_attempts
-        if self._closed:
-            last_error = TransportClosed("the transport is closed")
-        if not self._closed and attempts >= len(peer.addrs) and self._start_cascade(peer):
-            return
-        if self._closed or attempts >= len(peer.addrs):
-            error = last_error or PeerUnreachable(
-                f"not connected to {_short(peer.peer_id)} and no address to dial"
+        if self._closed or not (peer.addrs or peer.relayed):
+            error: TransportError = (
+                TransportClosed("the transport is closed")
+                if self._closed
+                else PeerUnreachable(
+                    f"not connected to {_short(peer.peer_id)} and no address to dial"
+                )
             )
             while peer.queue:
                 self._complete(peer.queue.popleft(), error=error)
             return
-        addr = peer.addrs[attempts]
-        for outbound in live:
-            outbound.dial_attempts = attempts + 1
-        self._open(addr, peer.peer_id, [])
-
-    def _start_cascade(self, peer: _Peer) -> bool:
-        """Hand a peer whose direct addresses failed to the NatTraverser, if it is
-        behind NAT (has relayed addresses); True if handed."""
-        if not peer.relayed or not self.cascades or peer.cascading:
-            return False
-        peer.cascading = True
-        peer.dialing = True
-        self._events.append(CascadeNeeded(peer.peer_id, tuple(peer.relayed)))
-        return True
+        direct = [format_multiaddr(host, port, peer.peer_id) for host, port in peer.addrs]
+        # only a cascade that may need NAT traversal counts in the figures
+        self.planner.start(
+            peer.peer_id, direct, list(peer.relayed), self._now, counted=bool(peer.relayed)
+        )
 
     def _start(self, conn: _Conn, peer: _Peer, outbound: _Outbound) -> None:
         stream_id = conn.quic.next_stream_id()
@@ -1726,7 +1840,7 @@ class TransportCore:
         if outbound.timer is not None:
             outbound.timer.cancel()
             outbound.timer = None
-        self._events.append(RequestDone(outbound.request_id, reply, error))
+        self._request_done(outbound.request_id, reply, error)
 
     # -- helpers --------------------------------------------------------------------------
 

@@ -52,34 +52,36 @@ import pykka
 from actors._quic.backend import QuicConnectionAdapter, SocketAddress
 from actors._quic.core import TransportCore, _Conn, _destination_cid
 from actors._quic.model import (
-    CascadeNeeded,
     ConnectionInfo,
     ControlReceived,
     CoreEvent,
     DialDone,
+    ReachDone,
+    ReachResult,
     RequestDone,
     RequestReceived,
+    SendOpeners,
     ToHandshake,
     TransportConfig,
     TransportStats,
 )
 from actors.futures import NotifyingFuture
 from actors.messages import InboundRequest, PeerConnected, PeerDisconnected
-from protocol.errors import PeerUnreachable, TransportClosed, TransportError
+from protocol.errors import TransportClosed, TransportError
 from protocol.handshake import Accepted, Rejected
 from protocol.identity import Identity
 from protocol.multiaddr import Multiaddr, format_multiaddr
-from protocol.nat import NONCE_BYTES, ControlKind, How, control_datagram
+from protocol.nat import NONCE_BYTES, CascadeTimeouts, ControlKind, How, control_datagram
 from protocol.relay import Circuit, Refused, Reservation
 from protocol.wire import Error, ErrorCode, Message, WireError, encode_frame
 
 __all__ = [
-    "CascadeSink",
     "ConnectionInfo",
     "ControlSink",
     "Dispatch",
     "EventSink",
     "QuicEndpoint",
+    "ReachResult",
     "TransportBusy",
     "TransportConfig",
     "TransportStats",
@@ -107,9 +109,6 @@ EventSink = Callable[[PeerConnected | PeerDisconnected], None]
 Dispatch = Callable[[InboundRequest], None]
 ControlSink = Callable[[ControlKind, bytes, SocketAddress], None]
 """Receives control datagrams (a dial-back probe's nonce) on the loop thread."""
-CascadeSink = Callable[[bytes, list[str]], None]
-"""Asked to reach a peer whose direct addresses failed, through its relayed addresses;
-it must eventually call ``QuicEndpoint.cascade_finished``."""
 
 
 class TransportBusy(TransportError):
@@ -154,7 +153,6 @@ class QuicEndpoint:
         dispatch: Dispatch,
         on_event: EventSink,
         on_control: ControlSink | None = None,
-        on_cascade: CascadeSink | None = None,
     ) -> None:
         self.identity = identity
         self.config = config
@@ -162,8 +160,7 @@ class QuicEndpoint:
         self._dispatch = dispatch
         self._on_event = on_event
         self.on_control = on_control
-        self.on_cascade = on_cascade
-        self.core = TransportCore(identity, config, sink=self, cascades=on_cascade is not None)
+        self.core = TransportCore(identity, config, sink=self)
         self.certificate = self.core.certificate
         self.stack = config.quic
         self.instance = self.core.instance
@@ -175,6 +172,7 @@ class QuicEndpoint:
         # loop-thread state
         self._requests: dict[int, pykka.ThreadingFuture[Message]] = {}
         self._dials: dict[int, pykka.ThreadingFuture[bytes]] = {}
+        self._reaches: dict[int, pykka.ThreadingFuture[ReachResult]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._send_backlog: list[tuple[bytes, SocketAddress]] = []
@@ -268,7 +266,7 @@ class QuicEndpoint:
         assert self._loop is not None
         self.core.close(self._loop.time())
         self._drive()
-        for futures in (self._requests, self._dials):
+        for futures in (self._requests, self._dials, self._reaches):
             for future in futures.values():
                 _fail(future, TransportClosed("stopping"))
             futures.clear()
@@ -386,9 +384,23 @@ class QuicEndpoint:
         """A peer will connect to this node through circuit ``circuit`` of ``relay_id``."""
         self._post(self.core.accept_circuit, relay_id, circuit)
 
-    def cascade_finished(self, peer_id: bytes, error: TransportError | None) -> None:
-        """The NatTraverser is done trying to reach ``peer_id`` (see ``on_cascade``)."""
-        self._post(self._in_core, lambda now: self.core.cascade_finished(peer_id, error, now))
+    def reach(self, peer_id: bytes, addrs: Sequence[str] = ()) -> pykka.Future[ReachResult]:
+        """Reach the peer through the dial cascade over ``addrs`` (multiaddrs, direct
+        and relayed); the future gets the ``ReachResult`` (also when not connected)."""
+        future: pykka.ThreadingFuture[ReachResult] = NotifyingFuture()
+
+        def start(now: float) -> None:
+            self._reaches[self.core.reach(peer_id, tuple(addrs), now)] = future
+
+        if not self._post(self._in_core, start):
+            _fail(future, TransportClosed("the transport is closed"))
+        return future
+
+    def set_cascade(
+        self, timeouts: CascadeTimeouts | None = None, punch: bool | None = None
+    ) -> None:
+        """The cascade's step timeouts, and whether to try hole punching."""
+        self._post(self.core.set_cascade, timeouts, punch)
 
     def relay_reserve(self, client: bytes) -> Reservation | Refused:
         now = time.monotonic()
@@ -556,14 +568,12 @@ class QuicEndpoint:
                     level = logging.DEBUG if self._closed else logging.WARNING
                     name = type(message).__name__
                     log.log(level, "the Handshake actor is gone: %s dropped", name)
-            case CascadeNeeded(peer_id=peer_id, relayed=relayed):
-                try:
-                    assert self.on_cascade is not None
-                    self.on_cascade(peer_id, list(relayed))
-                except Exception:
-                    log.exception("the NAT traversal cascade could not start")
-                    error = PeerUnreachable("the NAT traversal cascade could not start")
-                    self.core.cascade_finished(peer_id, error, self._time())
+            case ReachDone(reach_id=reach_id, result=result):
+                reach = self._reaches.pop(reach_id, None)
+                if reach is not None:
+                    reach.set(result)
+            case SendOpeners(addr=addr):
+                self._send_openers(addr, 3)
             case ControlReceived(kind=kind, nonce=nonce, addr=addr):
                 if self.on_control is not None:
                     try:

@@ -17,7 +17,7 @@ from actors._quic.backend import QuicStack, SocketAddress
 from actors.handshake import BeginHandshake, HandshakeClosed, HandshakeFrame, HandshakeTimer
 from actors.messages import Direction, PeerConnected, PeerDisconnected
 from protocol.errors import TransportError
-from protocol.nat import ControlKind
+from protocol.nat import Attempt, ControlKind
 from protocol.relay import RelayLimits
 from protocol.wire import Message
 
@@ -134,6 +134,13 @@ class TransportStats(msgspec.Struct):
     handshake_timeouts: int = 0
     """Inbound connections closed because their handshake (TLS and identity) was not
     done within ``handshake_timeout``."""
+    cascades: int = 0
+    """Dial cascades that involved NAT traversal (the peer has relayed addresses) or
+    were asked for (``reach``)."""
+    cascades_direct: int = 0
+    cascades_punched: int = 0
+    cascades_relayed: int = 0
+    cascades_failed: int = 0
 
 
 # -- events the core returns (``TransportCore.next_event``) -----------------------------
@@ -179,15 +186,6 @@ class ToHandshake:
 
 
 @dataclass(frozen=True, slots=True)
-class CascadeNeeded:
-    """The peer's direct addresses failed and it has relayed ones: someone must try
-    the punch and relay steps and then call ``TransportCore.cascade_finished``."""
-
-    peer_id: bytes
-    relayed: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
 class ControlReceived:
     """A control datagram (a dial-back probe's nonce) arrived on the socket."""
 
@@ -196,12 +194,41 @@ class ControlReceived:
     addr: SocketAddress
 
 
+@dataclass(frozen=True, slots=True)
+class ReachResult:
+    """How a dial cascade ended (``TransportCore.reach``; what ``connect`` prints)."""
+
+    peer_id: bytes
+    connected: bool
+    how: str | None
+    attempts: tuple[Attempt, ...]
+    seconds: float
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReachDone:
+    """Reach ``reach_id`` (from ``TransportCore.reach``) ended."""
+
+    reach_id: int
+    result: ReachResult
+
+
+@dataclass(frozen=True, slots=True)
+class SendOpeners:
+    """Open this side's NAT mapping toward ``addr`` (small-TTL datagrams: the shell's
+    socket option, not the core's business)."""
+
+    addr: SocketAddress
+
+
 CoreEvent = (
     RequestDone
     | DialDone
+    | ReachDone
     | RequestReceived
     | ToHandshake
-    | CascadeNeeded
+    | SendOpeners
     | ControlReceived
     | PeerConnected
     | PeerDisconnected

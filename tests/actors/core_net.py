@@ -20,12 +20,14 @@ from typing import Any
 from actors._quic.backend import SocketAddress
 from actors._quic.core import TransportCore
 from actors._quic.model import (
-    CascadeNeeded,
     ControlReceived,
     CoreEvent,
     DialDone,
+    ReachDone,
+    ReachResult,
     RequestDone,
     RequestReceived,
+    SendOpeners,
     ToHandshake,
     TransportConfig,
 )
@@ -40,8 +42,23 @@ from protocol.handshake import (
     Send,
 )
 from protocol.identity import Identity
-from protocol.multiaddr import format_multiaddr
-from protocol.wire import Error, ErrorCode, FindNode, Message, Nodes, encode_frame
+from protocol.multiaddr import format_multiaddr, parse_multiaddr
+from protocol.relay import Refused
+from protocol.wire import (
+    Error,
+    ErrorCode,
+    FindNode,
+    Message,
+    Nodes,
+    Ok,
+    PunchNotify,
+    PunchReply,
+    PunchRequest,
+    RelayCircuit,
+    RelayConnect,
+    RelayIncoming,
+    encode_frame,
+)
 
 Handler = Callable[["CoreNode", RequestReceived], Message | None]
 
@@ -51,6 +68,51 @@ def answer_find_node(_node: CoreNode, request: RequestReceived) -> Message | Non
     if isinstance(request.message, FindNode):
         return Nodes([])
     return Error(ErrorCode.UNSUPPORTED, type(request.message).__name__)
+
+
+def serve_as_relay(node: CoreNode, request: RequestReceived) -> Message | None:
+    """A public node's NatTraverser, in short: coordinates punches, opens circuits."""
+    message, now = request.message, node.net.now
+    match message:
+        case RelayConnect(target=target):
+            circuit = node.core.relay_open(request.peer_id, target, now)
+            if isinstance(circuit, Refused):
+                return Error(ErrorCode.REFUSED, circuit.reason)
+            incoming = RelayIncoming(request.peer_id, circuit.id)
+            answer = RelayCircuit(circuit.id)
+            node.ask(target, incoming, lambda done: node.reply(request, _forwarded(done, answer)))
+            return None
+        case PunchRequest(target=target):
+            initiator_addr = node.core.peer_address(request.peer_id)
+            target_addr = node.core.peer_address(target)
+            if initiator_addr is None or target_addr is None:
+                return Error(ErrorCode.UNREACHABLE, "not connected directly to both of you")
+            notify = PunchNotify(request.peer_id, format_multiaddr(*initiator_addr))
+            reply = PunchReply(format_multiaddr(*target_addr, target))
+            node.ask(target, notify, lambda done: node.reply(request, _forwarded(done, reply)))
+            return None
+    return answer_find_node(node, request)
+
+
+def serve_behind_nat(node: CoreNode, request: RequestReceived) -> Message | None:
+    """A private node's NatTraverser, in short: takes circuits, opens its NAT to punch."""
+    message, now = request.message, node.net.now
+    match message:
+        case RelayIncoming(circuit=circuit):
+            node.core.accept_circuit(request.peer_id, circuit)
+            return Ok()
+        case PunchNotify(addr=addr):
+            initiator = parse_multiaddr(addr).socket_address
+            node.core.expect_punch(initiator, now)
+            node.net.open_nat(node.addr, initiator)  # the openers leave our router
+            return Ok()
+    return answer_find_node(node, request)
+
+
+def _forwarded(done: RequestDone, answer: Message) -> Message:
+    if isinstance(done.reply, Ok):
+        return answer
+    return Error(ErrorCode.UNREACHABLE, f"the peer did not answer: {done.error or done.reply}")
 
 
 @dataclass
@@ -65,9 +127,12 @@ class CoreNode:
     dialled: dict[int, DialDone] = field(default_factory=dict)
     received: list[RequestReceived] = field(default_factory=list)
     held: list[RequestReceived] = field(default_factory=list)
+    then: dict[int, Callable[[RequestDone], None]] = field(default_factory=dict)
+    """What to do with the outcome of a request (``ask``)."""
     """Requests the handler left unanswered (it returned None)."""
     peer_events: list[PeerConnected | PeerDisconnected] = field(default_factory=list)
-    cascades: list[CascadeNeeded] = field(default_factory=list)
+    reached: dict[int, ReachResult] = field(default_factory=dict)
+    openers: list[SocketAddress] = field(default_factory=list)
     _machines: dict[int, IdentityHandshake] = field(default_factory=dict)
     _replays: ReplayCache = field(default_factory=ReplayCache)
     _from_handshake: list[tuple[int, bytes | Accepted | Rejected]] = field(default_factory=list)
@@ -93,6 +158,10 @@ class CoreNode:
 
     def dial(self, peer: CoreNode, timeout: float | None = None) -> int:
         return self.core.dial(peer.multiaddr, self.net.now, timeout=timeout)
+
+    def ask(self, peer_id: bytes, message: Message, then: Callable[[RequestDone], None]) -> None:
+        """A request whose outcome goes to ``then`` (as an actor's ``tell_when_done``)."""
+        self.then[self.core.request(peer_id, message, self.net.now, 5.0)] = then
 
     def reply(self, request: RequestReceived, message: Message) -> None:
         self.core.reply(request.conn_id, request.stream_id, message, self.net.now)
@@ -135,6 +204,9 @@ class CoreNode:
         match event:
             case RequestDone():
                 self.done[event.request_id] = event
+                then = self.then.pop(event.request_id, None)
+                if then is not None:
+                    then(event)
             case DialDone():
                 self.dialled[event.dial_id] = event
             case RequestReceived():
@@ -148,8 +220,11 @@ class CoreNode:
                 self._handshake(message)
             case PeerConnected() | PeerDisconnected():
                 self.peer_events.append(event)
-            case CascadeNeeded():
-                self.cascades.append(event)
+            case ReachDone(reach_id=reach_id, result=result):
+                self.reached[reach_id] = result
+            case SendOpeners(addr=addr):
+                self.openers.append(addr)
+                self.net.open_nat(self.addr, addr)
             case ControlReceived():
                 pass
 
@@ -211,6 +286,10 @@ class CoreNet:
     nodes: dict[SocketAddress, CoreNode] = field(default_factory=dict)
     cut: set[SocketAddress] = field(default_factory=set)
     """Addresses whose datagrams (either way) are lost: a peer that vanished."""
+    behind_nat: set[SocketAddress] = field(default_factory=set)
+    """Nodes behind a NAT with address-and-port-dependent filtering: a datagram reaches
+    one only from an address it has sent to (or opened its NAT toward)."""
+    _nat_open: dict[SocketAddress, set[SocketAddress]] = field(default_factory=dict)
     delivered: int = 0
     lost: int = 0
     _wire: list[tuple[float, int, SocketAddress, SocketAddress, bytes]] = field(
@@ -244,7 +323,12 @@ class CoreNet:
         if self.nodes.get(node.addr) is node:
             del self.nodes[node.addr]
 
+    def open_nat(self, inside: SocketAddress, toward: SocketAddress) -> None:
+        self._nat_open.setdefault(inside, set()).add(toward)
+
     def send(self, source: SocketAddress, target: SocketAddress, data: bytes) -> None:
+        if source in self.behind_nat:
+            self.open_nat(source, target)
         if source in self.cut or target in self.cut or self._rng.random() < self.loss:
             self.lost += 1
             return
@@ -270,7 +354,8 @@ class CoreNet:
         arrived: dict[SocketAddress, list[tuple[bytes, SocketAddress]]] = {}
         while self._wire and self._wire[0][0] <= self.now:
             _at, _seq, source, target, data = heapq.heappop(self._wire)
-            if target in self.cut or target not in self.nodes:
+            filtered = target in self.behind_nat and source not in self._nat_open.get(target, ())
+            if target in self.cut or target not in self.nodes or filtered:
                 self.lost += 1
                 continue
             arrived.setdefault(target, []).append((data, source))

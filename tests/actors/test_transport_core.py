@@ -9,11 +9,16 @@ pair of peers, deadlines as errors, a dead connection replaced.
 
 from __future__ import annotations
 
+import pytest
+
 from actors._quic.model import RequestDone, RequestReceived
 from actors._quic.timers import Timers
 from protocol.errors import ConnectionLost, PeerUnreachable, RequestTimeout, TransportError
+from protocol.multiaddr import format_multiaddr
+from protocol.nat import CascadeTimeouts
+from protocol.relay import Reservation
 from protocol.wire import FindNode, Message, Nodes, Ping, Pong
-from tests.actors.core_net import CoreNet, CoreNode
+from tests.actors.core_net import CoreNet, CoreNode, serve_as_relay, serve_behind_nat
 
 
 def _reply(node: CoreNode, request_id: int) -> Message | None:
@@ -250,3 +255,94 @@ def test_the_core_has_one_deadline_and_nothing_happens_between_inputs() -> None:
     assert a.core.datagrams_to_send(net.now) == []  # no input, no output
     assert a.core.next_event() is None
     assert a.core.stats.datagrams_received == sent
+
+
+# -- the dial cascade ----------------------------------------------------------------------
+
+
+def _private_network(net: CoreNet) -> tuple[CoreNode, CoreNode, str]:
+    """A public relay, a private node behind NAT that holds a reservation on it, and
+    the private node's circuit address."""
+    relay = net.add(handler=serve_as_relay)
+    private = net.add(handler=serve_behind_nat)
+    net.behind_nat.add(private.addr)
+    first = private.request(relay, Ping(nonce=1))
+    assert net.run_until(lambda: first in private.done)
+    assert isinstance(relay.core.relay_reserve(private.peer_id, net.now), Reservation)
+    return relay, private, f"{relay.multiaddr}/p2p-circuit/p2p/{private.peer_id.hex()}"
+
+
+@pytest.mark.parametrize(("punch", "how"), [(True, "punched"), (False, "relayed")])
+def test_the_cascade_tries_direct_then_punch_then_relay_with_the_nat_step_timeouts(
+    punch: bool, how: str
+) -> None:
+    net = CoreNet()
+    relay, private, circuit = _private_network(net)
+    stranger = net.add()
+    stranger.core.set_cascade(punch=punch)
+    reach = stranger.core.reach(private.peer_id, [private.multiaddr, circuit], net.now)
+    assert net.run_until(lambda: reach in stranger.reached)
+    result = stranger.reached[reach]
+    assert result.connected and result.how == how, result
+    steps = [(a.step, a.via) for a in result.attempts]
+    assert steps == [("direct", private.multiaddr), (how[:5], relay.multiaddr)]
+    # the direct step gave up at protocol.nat's direct timeout (by the fake clock)
+    assert result.attempts[0].seconds == pytest.approx(CascadeTimeouts().direct, abs=0.05)
+    [info] = [c for c in stranger.core.connections(net.now) if c.peer_id == private.peer_id.hex()]
+    assert info.how == how
+    request = stranger.request(private.peer_id, FindNode(bytes(32)))
+    assert net.run_until(lambda: request in stranger.done)
+    assert _reply(stranger, request) == Nodes([])
+    assert stranger.core.stats.cascades == 1
+    assert getattr(stranger.core.stats, f"cascades_{how}") == 1
+    if punch:
+        assert stranger.openers == [private.addr]
+
+
+def test_a_request_to_a_private_peer_runs_the_cascade_and_waits_for_it() -> None:
+    net = CoreNet()
+    _relay, private, circuit = _private_network(net)
+    stranger = net.add()
+    # the request knows only the circuit address: the cascade goes punch, then relay
+    request = stranger.core.request(private.peer_id, FindNode(bytes(32)), net.now, 60.0, [circuit])
+    assert net.run_until(lambda: request in stranger.done)
+    assert _reply(stranger, request) == Nodes([])
+    assert stranger.core.stats.cascades == 1 and stranger.core.stats.cascades_punched == 1
+
+
+def test_a_failed_cascade_fails_the_requests_that_waited_for_it() -> None:
+    net = CoreNet()
+    relay, _private, _circuit = _private_network(net)
+    stranger = net.add()
+    nobody = bytes(range(32))
+    circuit = f"{relay.multiaddr}/p2p-circuit/p2p/{nobody.hex()}"
+    request = stranger.core.request(nobody, Ping(nonce=1), net.now, 60.0, [circuit])
+    reach = stranger.core.reach(nobody, [circuit], net.now)  # joins the running cascade
+    assert net.run_until(lambda: request in stranger.done and reach in stranger.reached)
+    assert isinstance(stranger.done[request].error, PeerUnreachable)
+    result = stranger.reached[reach]
+    assert not result.connected
+    assert [a.step for a in result.attempts] == ["punch", "relay"]
+    assert "unreachable" in result.attempts[0].outcome
+    assert "refused" in result.attempts[1].outcome
+    assert net.now - 1000.0 < 60.0  # at once, not at the request's deadline
+    assert stranger.core.stats.cascades == 1 and stranger.core.stats.cascades_failed == 1
+
+
+def test_a_direct_dial_tries_each_known_address_in_turn() -> None:
+    net = CoreNet()
+    a, b = net.add(), net.add()
+    dead = format_multiaddr("198.51.100.99", 4433, b.peer_id)
+    reach = a.core.reach(b.peer_id, [dead, b.multiaddr], net.now)
+    assert net.run_until(lambda: reach in a.reached)
+    result = a.reached[reach]
+    assert result.connected and result.how == "direct"
+    assert [(x.step, x.via) for x in result.attempts] == [
+        ("direct", dead),
+        ("direct", b.multiaddr),
+    ]
+    assert "PeerUnreachable" in result.attempts[0].outcome
+    assert a.core.stats.cascades == 1 and a.core.stats.cascades_direct == 1
+    again = a.core.reach(b.peer_id, [dead], net.now)  # connected: no cascade
+    net.settle()
+    assert a.reached[again].connected and a.reached[again].attempts == ()
