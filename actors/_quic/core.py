@@ -17,6 +17,10 @@ half-open admission rules. It owns no socket, no thread and no clock:
   ``get_timer()``, the one next deadline.
 
 Everything happens in calls; effects are returned values, never calls into actors.
+The rules are split by concern: connections and their lifecycle here; streams,
+requests and per-peer queues in ``actors._quic.streams``; relay circuits in
+``actors._quic.circuits``; the dial cascade in ``actors._quic.reach``; the records
+in ``actors._quic.state``.
 The shell (``actors._quic.endpoint``) owns the socket, ICMP errors, TTL-limited
 openers and one timer, and feeds the core on its loop thread. Tests pump
 datagrams between cores in memory with a fake clock.
@@ -29,11 +33,10 @@ import hashlib
 import itertools
 import logging
 import os
-import socket
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any
 
+from actors._quic import circuits, streams
 from actors._quic.admission import (
     RETRY_CID_BYTES,
     HalfOpenAdmission,
@@ -44,7 +47,6 @@ from actors._quic.admission import (
     retry_packet,
 )
 from actors._quic.backend import (
-    CONNECTION_ID_BYTES,
     POST_QUANTUM_GROUPS,
     RELAYED_DATAGRAM_SIZE,
     ConnectionIdIssued,
@@ -66,20 +68,36 @@ from actors._quic.backend import (
 )
 from actors._quic.model import (
     ConnectionInfo,
-    ControlReceived,
     CoreEvent,
     DialDone,
     HandshakeMessage,
     ReachDone,
     ReachResult,
     RequestDone,
-    RequestReceived,
     SendOpeners,
     ToHandshake,
     TransportConfig,
     TransportStats,
 )
 from actors._quic.reach import Answer, ReachPlanner
+from actors._quic.state import (
+    CLOSE_LINGER,
+    DRAINING_BACKSTOP,
+    EXPECTED_PUNCH_SECONDS,
+    HANDSHAKE_BACKSTOP,
+    ICMP_MIN_SILENCE,
+    SERVICE_ROUNDS,
+    VIRTUAL_NET,
+    _addresses,
+    _Conn,
+    _destination_cid,
+    _dial_target,
+    _is_closed,
+    _Outbound,
+    _Peer,
+    _remember_addr,
+    _short,
+)
 from actors._quic.timers import Timer, Timers
 from actors.handshake import (
     BeginHandshake,
@@ -88,17 +106,14 @@ from actors.handshake import (
     HandshakeSink,
     HandshakeTimer,
 )
-from actors.messages import Direction, PeerConnected, PeerDisconnected
+from actors.messages import PeerConnected, PeerDisconnected
 from protocol.errors import (
     AppErrorCode,
     ConnectionLost,
     PeerRejected,
     PeerUnreachable,
-    RemoteError,
-    RequestTimeout,
     TransportClosed,
     TransportError,
-    error_code_of_reset,
 )
 from protocol.handshake import Accepted, Rejected, Role, hello_message
 from protocol.identity import Identity
@@ -106,17 +121,14 @@ from protocol.multiaddr import (
     Multiaddr,
     MultiaddrError,
     format_multiaddr,
-    parse_multiaddr,
     split_addrs,
 )
 from protocol.nat import (
     CascadeTimeouts,
-    ControlKind,
     How,
     is_control_datagram,
-    parse_control_datagram,
 )
-from protocol.relay import Circuit, Refused, RelayTable, Reservation, pack, unpack
+from protocol.relay import Circuit, Refused, RelayTable, Reservation
 from protocol.wire import (
     HANDSHAKE_NONCE_BYTES,
     INSTANCE_ID_BYTES,
@@ -124,144 +136,12 @@ from protocol.wire import (
     Error,
     ErrorCode,
     FrameDecoder,
-    Hello,
     Message,
-    Ok,
-    Ping,
-    Pong,
-    Proof,
     WireError,
     encode_frame,
 )
 
 log = logging.getLogger("actors.transport")
-
-DRAINING_BACKSTOP: Final = 10.0
-RECENTLY_CLOSED_STREAMS: Final = 1024
-HANDSHAKE_BACKSTOP: Final = 1.0
-ICMP_MIN_SILENCE: Final = 0.25
-"""An ICMP port unreachable closes a connection only if its peer has been silent this
-long (seconds)."""
-SERVICE_ROUNDS: Final = 4
-"""Rounds of handling events and sending for one connection in one flush."""
-CLOSE_LINGER: Final = 2.0
-"""A connection this node closed keeps answering its peer's packets (with the
-stack's CONNECTION_CLOSE) this long, in case the first close was lost."""
-
-MAX_CIRCUIT_PAYLOAD: Final = 1310
-"""Largest DATAGRAM frame payload sent on a relay leg: a larger one does not fit a
-1350-byte packet (qh3 then fails the whole connection). Bigger inner datagrams (path
-MTU probes) are dropped, as a path with that MTU would."""
-VIRTUAL_NET: Final = "0."
-"""Connections through a relay get a virtual peer address in 0.0.0.0/8 (no packet is
-ever sent to one: ``_sendto`` hands them to the relay)."""
-EXPECTED_PUNCH_SECONDS: Final = 15.0
-MAX_RELAYED_PER_PEER: Final = 4
-
-ConnState = Literal["quic", "identity", "ready", "closed"]
-
-
-# -- per-connection and per-request state ----------------------------------------------
-
-
-# -- per-connection and per-request state (loop thread only) --------------------------
-
-
-@dataclass(eq=False)
-class _Outbound:
-    peer_id: bytes
-    frame: bytes = field(repr=False)
-    request_id: int
-    deadline: float
-    timer: Timer | None = None
-    conn: _Conn | None = None
-    stream_id: int = -1
-    decoder: FrameDecoder = field(default_factory=FrameDecoder, repr=False)
-    retries: int = 0
-    done: bool = False
-
-
-@dataclass(eq=False)
-class _Inbound:
-    stream_id: int
-    decoder: FrameDecoder = field(default_factory=FrameDecoder, repr=False)
-    request: Message | None = None
-    timer: Timer | None = None
-
-
-@dataclass(eq=False)
-class _Conn:
-    id: int
-    quic: QuicConnectionAdapter
-    role: Role
-    addr: SocketAddress
-    created_at: float
-    state: ConnState = "quic"
-    draining: bool = False
-    peer_id: bytes | None = None
-    listen_addrs: tuple[str, ...] = ()
-    expected_peer_id: bytes | None = None
-    dial_addr: SocketAddress | None = None
-    dial_ids: list[int] = field(default_factory=list)
-    """The dials waiting for this connection (``DialDone`` when it is ready or closed)."""
-    group: int | None = None
-    instance: bytes = b""
-    """The peer's per-process instance id, from its Hello."""
-    transcript: bytes = b""
-    cids: set[bytes] = field(default_factory=set)
-    timer: Timer | None = None
-    timer_at: float | None = None
-    setup_timer: Timer | None = None
-    keepalive_timer: Timer | None = None
-    probe_timer: Timer | None = None
-    last_received: float = 0.0
-    drain_timer: Timer | None = None
-    hs_send_stream: int | None = None
-    hs_recv_stream: int | None = None
-    hs_decoder: FrameDecoder = field(default_factory=FrameDecoder)
-    hs_pending: list[Message] | None = field(default_factory=list)
-    """Handshake frames received before the Handshake actor was told to begin."""
-    outbound: dict[int, _Outbound] = field(default_factory=dict)
-    inbound: dict[int, _Inbound] = field(default_factory=dict)
-    held: list[_Inbound] = field(default_factory=list)
-    recently_closed: collections.deque[int] = field(
-        default_factory=lambda: collections.deque(maxlen=RECENTLY_CLOSED_STREAMS)
-    )
-    ready_at: float = 0.0
-    last_used: float = 0.0
-    requests_sent: int = 0
-    requests_served: int = 0
-    ping_uids: dict[int, float] = field(default_factory=dict)
-    rtt_sample: float | None = None
-    holding_events: bool = False
-    how: How = How.DIRECT
-    circuit: tuple[bytes, int] | None = None
-    """(relay PeerId, circuit id) of a connection carried through a relay."""
-    pinned: bool = False
-    """Kept alive even when idle (the connection to this node's relay)."""
-    hello_addrs: tuple[str, ...] = ()
-    """The addresses this node's Hello announced on this connection."""
-    reach: tuple[int, int] | None = None
-    """The cascade step this dial carries out (``ReachPlanner`` token)."""
-
-    @property
-    def direction(self) -> Direction:
-        return "outbound" if self.role is Role.CLIENT else "inbound"
-
-    def locally_initiated(self, stream_id: int) -> bool:
-        return (stream_id & 1) == (0 if self.role is Role.CLIENT else 1)
-
-
-@dataclass(eq=False)
-class _Peer:
-    peer_id: bytes
-    conn: _Conn | None = None
-    queue: collections.deque[_Outbound] = field(default_factory=collections.deque)
-    in_flight: int = 0
-    addrs: list[SocketAddress] = field(default_factory=list)
-    relayed: list[str] = field(default_factory=list)
-    """Circuit multiaddrs of the peer (it is behind NAT and holds relay reservations)."""
-    dialing: bool = False
 
 
 class TransportCore:
@@ -357,7 +237,7 @@ class TransportCore:
         for data, addr in datagrams:
             self.stats.datagrams_received += 1
             if is_control_datagram(data):
-                self._on_control_datagram(data, addr)
+                circuits.on_control_datagram(self, data, addr)
                 continue
             conn = self._route(data, addr, now)
             if conn is None:
@@ -402,7 +282,7 @@ class TransportCore:
             return request_id
         deadline = now + (self.config.request_timeout if timeout is None else timeout)
         hints, relayed = _addresses(addrs, peer_id)
-        self._submit(_Outbound(peer_id, frame, request_id, deadline), hints, relayed)
+        streams.submit(self, _Outbound(peer_id, frame, request_id, deadline), hints, relayed)
         return request_id
 
     def dial(
@@ -445,7 +325,7 @@ class TransportCore:
         self._now = now
         dial_id = next(self._op_ids)
         wait = self.config.handshake_timeout if timeout is None else timeout
-        self._dial_circuit(relay_id, circuit, expected_peer_id, dial_id, wait)
+        circuits.dial_circuit(self, relay_id, circuit, expected_peer_id, dial_id, wait)
         return dial_id
 
     def reply(self, conn_id: int, stream_id: int, message: Message | bytes, now: float) -> None:
@@ -459,7 +339,7 @@ class TransportCore:
                 frame = encode_frame(message)
             except WireError as exc:
                 frame = encode_frame(Error(ErrorCode.INTERNAL, f"reply cannot be encoded: {exc}"))
-        self._send_reply(conn_id, stream_id, frame)
+        streams.send_reply(self, conn_id, stream_id, frame)
 
     def handshake_send(self, conn_id: int, frame: bytes, now: float) -> None:
         """The Handshake actor's frame for the peer of ``conn_id``."""
@@ -496,7 +376,7 @@ class TransportCore:
             self._close(conn, AppErrorCode.SHUTDOWN, "node stopping", TransportClosed("stopping"))
         for peer in self._peers.values():
             while peer.queue:
-                self._complete(peer.queue.popleft(), error=TransportClosed("stopping"))
+                streams.complete(self, peer.queue.popleft(), error=TransportClosed("stopping"))
         self._lingering.clear()
 
     # -- NAT traversal inputs --------------------------------------------------------------
@@ -525,7 +405,7 @@ class TransportCore:
 
     def accept_circuit(self, relay_id: bytes, circuit: int) -> None:
         """A peer will connect to this node through circuit ``circuit`` of ``relay_id``."""
-        self._circuit_address(relay_id, circuit)
+        circuits.circuit_address(self, relay_id, circuit)
 
     def reach(self, peer_id: bytes, addrs: Sequence[str], now: float) -> int:
         """Reach the peer through the dial cascade (direct, punch, relay) over ``addrs``
@@ -687,7 +567,7 @@ class TransportCore:
             how_now = peer.conn.how
             self._deferred.append(lambda: self.planner.connected(peer_id, how_now, self._now))
             return None
-        addr = self._circuit_address(relay_id, circuit)
+        addr = circuits.circuit_address(self, relay_id, circuit)
         conn = self._open(addr, peer_id, [], timeout, how=How.RELAYED)
         conn.circuit = (relay_id, circuit)
         conn.reach = token
@@ -707,10 +587,10 @@ class TransportCore:
         if peer is None:
             return
         if failure is None or (peer.conn is not None and peer.conn.state == "ready"):
-            self._pump(peer)
+            streams.pump(self, peer)
             return
         while peer.queue:  # they waited for this cascade
-            self._complete(peer.queue.popleft(), error=failure)
+            streams.complete(self, peer.queue.popleft(), error=failure)
 
     # -- datagrams in ------------------------------------------------------------
     def _route(self, data: bytes, addr: SocketAddress, now: float) -> _Conn | None:
@@ -848,7 +728,7 @@ class TransportCore:
 
     def _sendto(self, data: bytes, addr: SocketAddress) -> None:
         if addr[0].startswith(VIRTUAL_NET):
-            self._send_circuit(data, addr)
+            circuits.send_circuit(self, data, addr)
         else:
             self._outbox.append((data, addr))
 
@@ -909,7 +789,7 @@ class TransportCore:
                 return
             peer = self._peers.get(conn.peer_id) if conn.peer_id is not None else None
             if peer is not None and peer.queue and peer.conn is conn:
-                self._pump(peer)  # the peer may have raised its stream limit
+                streams.pump(self, peer)  # the peer may have raised its stream limit
             for data, addr in conn.quic.datagrams_to_send(self._now):
                 self._sendto(data, addr)
             holding = conn.quic.holding_events()
@@ -967,13 +847,13 @@ class TransportCore:
                 return
             match event:
                 case StreamData():
-                    self._on_stream_data(conn, event)
+                    streams.on_stream_data(self, conn, event)
                 case HandshakeDone():
                     self._on_tls_done(conn)
                 case StreamReset(stream_id=stream_id, error_code=code):
-                    self._on_stream_reset(conn, stream_id, code)
+                    streams.on_stream_reset(self, conn, stream_id, code)
                 case StopSending(stream_id=stream_id, error_code=code):
-                    self._on_stop_sending(conn, stream_id, code)
+                    streams.on_stop_sending(self, conn, stream_id, code)
                 case ConnectionIdIssued(connection_id=cid):
                     self._map_cid(conn, cid)
                 case ConnectionIdRetired(connection_id=cid):
@@ -981,7 +861,7 @@ class TransportCore:
                         del self._cids[cid]
                     conn.cids.discard(cid)
                 case DatagramReceived(data=data):
-                    self._on_datagram_frame(conn, data)
+                    circuits.on_datagram_frame(self, conn, data)
                 case PingAcknowledged(uid=uid):
                     sent = conn.ping_uids.pop(uid, None)
                     if sent is not None:
@@ -1136,7 +1016,7 @@ class TransportCore:
             self.request(outcome.peer_id, Announce(self.announced_addrs()), self._now, 5.0)
         held, conn.held = conn.held, []
         for inbound in held:
-            self._handle_request(conn, inbound)
+            streams.handle_request(self, conn, inbound)
         self._schedule_keepalive(conn)
         self._ping(conn)
         self._touch(conn)
@@ -1166,7 +1046,7 @@ class TransportCore:
             self._retire(conn)
         if peer.conn is not None and self.planner.running(peer.peer_id):
             self.planner.connected(peer.peer_id, peer.conn.how, self._now)
-        self._pump(peer)
+        streams.pump(self, peer)
 
     def _emit_connected(self, conn: _Conn) -> None:
         assert conn.peer_id is not None
@@ -1308,7 +1188,7 @@ class TransportCore:
                 del self._cids[cid]
         self._dirty.pop(conn, None)
         if conn.circuit is not None:
-            self._forget_circuit(conn.addr)
+            circuits.forget_circuit(self, conn.addr)
         timers = (conn.timer, conn.setup_timer, conn.keepalive_timer, conn.probe_timer)
         for timer in (*timers, conn.drain_timer):
             if timer is not None:
@@ -1336,7 +1216,7 @@ class TransportCore:
                 outbound.decoder = FrameDecoder()
                 peer.queue.appendleft(outbound)
             else:
-                self._complete(outbound, error=error)
+                streams.complete(self, outbound, error=error)
         conn.outbound.clear()
         if peer is None:
             return
@@ -1351,7 +1231,7 @@ class TransportCore:
             if conn.reach is not None and self.planner.running(peer.peer_id):
                 self.planner.step_failed(conn.reach, error, self._now)  # the next step
                 return
-        self._pump(peer)
+        streams.pump(self, peer)
 
     def _relay_gone(self, peer_id: bytes) -> None:
         """``peer_id`` disconnected: circuits through it (as relay or as an end) end."""
@@ -1373,106 +1253,6 @@ class TransportCore:
     def _tell_handshake(self, message: HandshakeMessage) -> None:
         """For the Handshake actor (the owner delivers it)."""
         self._events.append(ToHandshake(message))
-
-    # -- NAT traversal (loop thread) ------------------------------------------------------
-
-    def _circuit_address(self, relay_id: bytes, circuit: int) -> SocketAddress:
-        """The virtual address of a circuit (made on first use)."""
-        key = (relay_id, circuit)
-        addr = self._circuit_addr.get(key)
-        if addr is None:
-            n = next(self._virtual_ids) % (1 << 24) or 1
-            addr = (f"0.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}", 1)
-            self._circuit_addr[key] = addr
-            self._circuit_of[addr] = key
-        return addr
-
-    def _forget_circuit(self, addr: SocketAddress) -> None:
-        key = self._circuit_of.pop(addr, None)
-        if key is not None:
-            self._circuit_addr.pop(key, None)
-
-    def _dial_circuit(
-        self,
-        relay_id: bytes,
-        circuit: int,
-        expected: bytes,
-        dial_id: int,
-        wait: float,
-    ) -> None:
-        if self._closed:
-            self._dial_done(dial_id, error=TransportClosed("the transport is closed"))
-            return
-        relay = self._peers.get(relay_id)
-        if relay is None or relay.conn is None or relay.conn.state != "ready":
-            self._dial_done(dial_id, error=PeerUnreachable("not connected to the relay"))
-            return
-        peer = self._peer(expected)
-        if peer.conn is not None:
-            self._dial_done(dial_id, expected)
-            return
-        addr = self._circuit_address(relay_id, circuit)
-        conn = self._open(addr, expected, [dial_id], wait, how=How.RELAYED)
-        conn.circuit = (relay_id, circuit)
-
-    def _send_circuit(self, data: bytes, addr: SocketAddress) -> None:
-        """Send an inner connection's datagram on its circuit, in a DATAGRAM frame."""
-        key = self._circuit_of.get(addr)
-        if key is None:
-            self.stats.datagrams_dropped += 1
-            return
-        relay = self._peers.get(key[0])
-        conn = None if relay is None else relay.conn
-        payload = pack(key[1], data)
-        if conn is None or conn.state != "ready" or len(payload) > MAX_CIRCUIT_PAYLOAD:
-            self.stats.datagrams_dropped += 1
-            return
-        conn.quic.send_datagram(payload)
-        self._touch(conn)
-
-    def _on_datagram_frame(self, conn: _Conn, payload: bytes) -> None:
-        """A DATAGRAM frame: a circuit datagram for an inner connection of this node,
-        or one this node relays."""
-        unpacked = unpack(payload)
-        if unpacked is None or conn.state != "ready" or conn.peer_id is None:
-            self.stats.datagrams_dropped += 1
-            return
-        circuit, inner = unpacked
-        now = self._now
-        vaddr = self._circuit_addr.get((conn.peer_id, circuit))
-        if vaddr is not None:
-            target = self._route(inner, vaddr, now)
-            if target is not None:
-                self._deliver(target, vaddr, [inner], now)
-            return
-        to_peer = self.relay.route(conn.peer_id, circuit, len(payload), now)
-        peer = None if to_peer is None else self._peers.get(to_peer)
-        out = None if peer is None else peer.conn
-        if out is None or out.state != "ready":
-            self.stats.datagrams_dropped += 1
-            return
-        out.quic.send_datagram(payload)
-        self._touch(out)
-
-    def _on_control_datagram(self, data: bytes, addr: SocketAddress) -> None:
-        parsed = parse_control_datagram(data)
-        if parsed is None:
-            self.stats.datagrams_dropped += 1
-            return
-        kind, nonce = parsed
-        if kind is ControlKind.DIAL_BACK:
-            self._events.append(ControlReceived(kind, nonce, addr))
-
-    def _on_announce(self, conn: _Conn, listen_addrs: list[str]) -> None:
-        """The peer's addresses changed: remember them and tell the routing table."""
-        assert conn.peer_id is not None
-        conn.listen_addrs = tuple(listen_addrs)
-        peer = self._peer(conn.peer_id)
-        direct, peer.relayed = _addresses(listen_addrs, conn.peer_id)
-        for addr in direct:
-            _remember_addr(peer, addr)
-        if peer.conn is conn:
-            self._emit_connected(conn)
 
     # -- keep-alive and RTT ---------------------------------------------------------------
 
@@ -1522,326 +1302,6 @@ class TransportCore:
             conn.ping_uids.pop(next(iter(conn.ping_uids)))
         conn.quic.send_ping(uid)
 
-    # -- streams --------------------------------------------------------------------------
-
-    def _on_stream_data(self, conn: _Conn, event: StreamData) -> None:
-        stream_id = event.stream_id
-        if stream_id & 2:  # unidirectional: only the handshake streams
-            self._on_uni_data(conn, stream_id, event.data)
-        elif conn.locally_initiated(stream_id):
-            self._on_reply_data(conn, stream_id, event.data, event.end_stream)
-        else:
-            self._on_request_data(conn, stream_id, event.data, event.end_stream)
-
-    def _on_uni_data(self, conn: _Conn, stream_id: int, data: bytes) -> None:
-        if conn.locally_initiated(stream_id):
-            return
-        if conn.hs_recv_stream is None:
-            conn.hs_recv_stream = stream_id
-        if stream_id != conn.hs_recv_stream:
-            self.stats.unexpected_streams += 1
-            conn.quic.stop_stream(stream_id, AppErrorCode.PROTOCOL_VIOLATION)
-            return
-        if not data or conn.state == "ready":
-            return
-        try:
-            messages = conn.hs_decoder.feed(data)
-        except WireError as exc:
-            self.stats.malformed_frames += 1
-            self._tell_handshake(HandshakeClosed(conn.id, "malformed handshake frame", self._sink))
-            self._reject(conn, "protocol_violation", f"malformed handshake frame: {exc}")
-            return
-        for message in messages:
-            if conn.hs_pending is not None:
-                conn.hs_pending.append(message)
-            else:
-                self._tell_handshake(HandshakeFrame(conn.id, message, self._sink))
-
-    def _on_request_data(self, conn: _Conn, stream_id: int, data: bytes, end: bool) -> None:
-        inbound = conn.inbound.get(stream_id)
-        if inbound is None:
-            if stream_id in conn.recently_closed or any(
-                i.stream_id == stream_id for i in conn.held
-            ):
-                return
-            if len(conn.inbound) + len(conn.held) >= self.config.max_inbound_per_peer:
-                self.stats.busy_rejections += 1
-                self._refuse_stream(conn, stream_id, AppErrorCode.BUSY)
-                return
-            inbound = _Inbound(stream_id)
-            inbound.timer = self._call_later(
-                self.config.stream_read_timeout, self._inbound_stalled, conn, inbound
-            )
-            conn.inbound[stream_id] = inbound
-        if inbound.request is not None:
-            if data:
-                self._malformed(conn, inbound, "data after the request frame")
-            return
-        try:
-            messages = inbound.decoder.feed(data)
-        except WireError as exc:
-            self._malformed(conn, inbound, str(exc))
-            return
-        if not messages:
-            if end:
-                self._malformed(conn, inbound, "stream ended inside a frame")
-            return
-        if len(messages) > 1 or inbound.decoder.buffered:
-            self._malformed(conn, inbound, "more than one frame on a request stream")
-            return
-        inbound.request = messages[0]
-        if inbound.timer is not None:
-            inbound.timer.cancel()
-            inbound.timer = None
-        if conn.state != "ready":
-            del conn.inbound[stream_id]
-            conn.held.append(inbound)
-            return
-        self._handle_request(conn, inbound)
-
-    def _handle_request(self, conn: _Conn, inbound: _Inbound) -> None:
-        assert inbound.request is not None and conn.peer_id is not None
-        conn.inbound[inbound.stream_id] = inbound
-        conn.last_used = self._now
-        request = inbound.request
-        if isinstance(request, Announce):
-            self._on_announce(conn, request.listen_addrs)
-            self._send_reply(conn.id, inbound.stream_id, encode_frame(Ok()))
-            return
-        if isinstance(request, Ping):
-            observed = (
-                ""  # what a relayed connection "comes from" says nothing about the peer
-                if conn.circuit is not None
-                else format_multiaddr(conn.addr[0], conn.addr[1], conn.peer_id)
-            )
-            self._send_reply(
-                conn.id, inbound.stream_id, encode_frame(Pong(request.nonce, observed))
-            )
-            return
-        if isinstance(request, Hello | Proof):
-            frame = encode_frame(Error(ErrorCode.MALFORMED, "handshake frame on a request stream"))
-            self._send_reply(conn.id, inbound.stream_id, frame)
-            return
-        self._events.append(RequestReceived(conn.id, inbound.stream_id, conn.peer_id, request))
-
-    def _send_reply(self, conn_id: int, stream_id: int, frame: bytes) -> None:
-        conn = self._conns.get(conn_id)
-        if conn is None or conn.state == "closed":
-            return
-        inbound = conn.inbound.pop(stream_id, None)
-        if inbound is None:
-            return  # cancelled by the requester meanwhile
-        conn.recently_closed.append(stream_id)
-        conn.requests_served += 1
-        self.stats.requests_served += 1
-        conn.quic.send(stream_id, frame, end_stream=True)
-        self._touch(conn)
-        self._maybe_close_drained(conn)
-
-    def _malformed(self, conn: _Conn, inbound: _Inbound, detail: str) -> None:
-        self.stats.malformed_frames += 1
-        log.info(
-            "malformed request from %s on stream %d: %s",
-            _short(conn.peer_id),
-            inbound.stream_id,
-            detail,
-        )
-        self._drop_inbound(conn, inbound, AppErrorCode.FRAME_ERROR)
-
-    def _inbound_stalled(self, conn: _Conn, inbound: _Inbound) -> None:
-        inbound.timer = None
-        if conn.state == "closed" or conn.inbound.get(inbound.stream_id) is not inbound:
-            return
-        self.stats.stalled_streams += 1
-        self._drop_inbound(conn, inbound, AppErrorCode.STREAM_TIMEOUT)
-
-    def _drop_inbound(self, conn: _Conn, inbound: _Inbound, code: AppErrorCode) -> None:
-        if inbound.timer is not None:
-            inbound.timer.cancel()
-            inbound.timer = None
-        conn.inbound.pop(inbound.stream_id, None)
-        self._refuse_stream(conn, inbound.stream_id, code)
-        self._maybe_close_drained(conn)
-
-    def _refuse_stream(self, conn: _Conn, stream_id: int, code: AppErrorCode) -> None:
-        conn.recently_closed.append(stream_id)
-        conn.quic.stop_stream(stream_id, int(code))
-        conn.quic.reset_stream(stream_id, int(code))
-        self._touch(conn)
-
-    def _on_stream_reset(self, conn: _Conn, stream_id: int, code: int) -> None:
-        if stream_id & 2:
-            return
-        if conn.locally_initiated(stream_id):
-            self._fail_outbound(conn, stream_id, code, f"stream reset with code {code:#x}")
-        elif self._forget_inbound(conn, stream_id):
-            self._maybe_close_drained(conn)
-
-    def _on_stop_sending(self, conn: _Conn, stream_id: int, code: int) -> None:
-        if stream_id & 2 or conn.locally_initiated(stream_id):
-            self._fail_outbound(conn, stream_id, code, f"peer stopped stream ({code:#x})")
-        elif self._forget_inbound(conn, stream_id):
-            conn.quic.reset_stream(stream_id, int(AppErrorCode.CANCELLED))
-            self._touch(conn)
-            self._maybe_close_drained(conn)
-
-    def _fail_outbound(self, conn: _Conn, stream_id: int, code: int, why: str) -> None:
-        """The peer refused our request's stream: its caller gets a ``RemoteError``."""
-        outbound = conn.outbound.get(stream_id)
-        if outbound is not None:
-            self._finish_outbound(outbound, error=RemoteError(error_code_of_reset(code), why))
-
-    @staticmethod
-    def _forget_inbound(conn: _Conn, stream_id: int) -> bool:
-        """Forget a request the peer gave up on; False if it was not pending."""
-        inbound = conn.inbound.pop(stream_id, None)
-        if inbound is None:
-            return False
-        if inbound.timer is not None:
-            inbound.timer.cancel()
-        conn.recently_closed.append(stream_id)
-        return True
-
-    # -- outbound requests ----------------------------------------------------------------
-
-    def _submit(self, outbound: _Outbound, hints: list[SocketAddress], relayed: list[str]) -> None:
-        if self._closed:
-            self._complete(outbound, error=TransportClosed("the transport is closed"))
-            return
-        outbound.timer = self._timers.call_at(outbound.deadline, self._request_expired, outbound)
-        peer = self._peer(outbound.peer_id)
-        if relayed and not hints:
-            # the peer now says it is reachable only through relays: what direct
-            # addresses were learnt of it before are stale (e.g. its LAN address)
-            peer.addrs.clear()
-        for addr in hints:
-            _remember_addr(peer, addr)
-        for text in relayed:
-            if text not in peer.relayed:
-                peer.relayed.append(text)
-        peer.queue.append(outbound)
-        self._pump(peer)
-
-    def _pump(self, peer: _Peer) -> None:
-        """Start queued requests on the peer's connection, or reach it."""
-        conn = peer.conn
-        if conn is None or conn.state != "ready":
-            if peer.queue and not peer.dialing and not self.planner.running(peer.peer_id):
-                self._reach_for_queue(peer)
-            return
-        while peer.queue and peer.in_flight < self.config.max_in_flight_per_peer:
-            if not conn.quic.can_open_stream():
-                return  # the peer's stream limit: wait for its MAX_STREAMS (see _service)
-            outbound = peer.queue.popleft()
-            if not outbound.done:
-                self._start(conn, peer, outbound)
-
-    def _reach_for_queue(self, peer: _Peer) -> None:
-        """Start the cascade to the peer for its queued requests (its known direct
-        addresses, then its relays)."""
-        live = [o for o in peer.queue if not o.done]
-        peer.queue = collections.deque(live)
-        if not live:
-            return
-        if self._closed or not (peer.addrs or peer.relayed):
-            error: TransportError = (
-                TransportClosed("the transport is closed")
-                if self._closed
-                else PeerUnreachable(
-                    f"not connected to {_short(peer.peer_id)} and no address to dial"
-                )
-            )
-            while peer.queue:
-                self._complete(peer.queue.popleft(), error=error)
-            return
-        direct = [format_multiaddr(host, port, peer.peer_id) for host, port in peer.addrs]
-        # only a cascade that may need NAT traversal counts in the figures
-        self.planner.start(
-            peer.peer_id, direct, list(peer.relayed), self._now, counted=bool(peer.relayed)
-        )
-
-    def _start(self, conn: _Conn, peer: _Peer, outbound: _Outbound) -> None:
-        stream_id = conn.quic.next_stream_id()
-        if not conn.quic.send(stream_id, outbound.frame, end_stream=True):
-            self._complete(outbound, error=ConnectionLost("the connection is closing"))
-            return
-        outbound.conn = conn
-        outbound.stream_id = stream_id
-        conn.outbound[stream_id] = outbound
-        conn.requests_sent += 1
-        conn.last_used = self._now
-        if conn.probe_timer is None:
-            conn.probe_timer = self._call_later(self.config.probe_interval, self._probe, conn)
-        peer.in_flight += 1
-        self.stats.requests_sent += 1
-        self._touch(conn)
-
-    def _on_reply_data(self, conn: _Conn, stream_id: int, data: bytes, end: bool) -> None:
-        outbound = conn.outbound.get(stream_id)
-        if outbound is None:
-            return
-        try:
-            messages = outbound.decoder.feed(data)
-        except WireError as exc:
-            self.stats.malformed_frames += 1
-            self._cancel_stream(conn, stream_id, AppErrorCode.FRAME_ERROR)
-            self._finish_outbound(
-                outbound, error=RemoteError(ErrorCode.MALFORMED, f"malformed reply: {exc}")
-            )
-            return
-        if messages:
-            reply = messages[0]
-            if isinstance(reply, Error):
-                self._finish_outbound(outbound, error=RemoteError(reply.code, reply.message))
-            else:
-                self._finish_outbound(outbound, reply=reply)
-        elif end:
-            self._finish_outbound(
-                outbound, error=RemoteError(ErrorCode.MALFORMED, "reply stream ended early")
-            )
-
-    def _request_expired(self, outbound: _Outbound) -> None:
-        outbound.timer = None
-        if outbound.done:
-            return
-        self.stats.request_timeouts += 1
-        conn = outbound.conn
-        if conn is not None and conn.state != "closed":
-            self._cancel_stream(conn, outbound.stream_id, AppErrorCode.CANCELLED)
-        self._finish_outbound(outbound, error=RequestTimeout("no reply before the deadline"))
-
-    def _cancel_stream(self, conn: _Conn, stream_id: int, code: AppErrorCode) -> None:
-        conn.quic.reset_stream(stream_id, int(code))
-        conn.quic.stop_stream(stream_id, int(code))
-        self._touch(conn)
-
-    def _finish_outbound(
-        self, outbound: _Outbound, reply: Message | None = None, error: Exception | None = None
-    ) -> None:
-        conn = outbound.conn
-        peer = self._peers.get(outbound.peer_id)
-        if conn is not None:
-            conn.outbound.pop(outbound.stream_id, None)
-            outbound.conn = None
-            if peer is not None:
-                peer.in_flight -= 1
-        self._complete(outbound, reply, error)
-        if peer is not None:
-            self._pump(peer)
-        if conn is not None:
-            self._maybe_close_drained(conn)
-
-    def _complete(
-        self, outbound: _Outbound, reply: Message | None = None, error: Exception | None = None
-    ) -> None:
-        if outbound.done:
-            return
-        outbound.done = True
-        if outbound.timer is not None:
-            outbound.timer.cancel()
-            outbound.timer = None
-        self._request_done(outbound.request_id, reply, error)
-
     # -- helpers --------------------------------------------------------------------------
 
     def _peer(self, peer_id: bytes) -> _Peer:
@@ -1881,63 +1341,3 @@ class TransportCore:
                 )
             )
         return infos
-
-
-# -- module helpers ------------------------------------------------------------------
-
-
-def _destination_cid(data: bytes) -> bytes | None:
-    """The destination connection ID of a QUIC datagram's first packet."""
-    if not data:
-        return None
-    if data[0] & 0x80:  # long header
-        if len(data) < 6:
-            return None
-        length = data[5]
-        if length > 20 or len(data) < 6 + length:
-            return None
-        return data[6 : 6 + length]
-    if len(data) < 1 + CONNECTION_ID_BYTES:
-        return None
-    return data[1 : 1 + CONNECTION_ID_BYTES]
-
-
-def _is_closed(conn: _Conn) -> bool:
-    """Whether ``conn`` is closed (a function, so type narrowing does not stick)."""
-    return conn.state == "closed"
-
-
-def _short(peer_id: bytes | None) -> str:
-    return "?" if peer_id is None else peer_id.hex()[:12]
-
-
-def _remember_addr(peer: _Peer, addr: SocketAddress, first: bool = False) -> None:
-    if addr in peer.addrs:
-        if not first:
-            return
-        peer.addrs.remove(addr)
-    if first:
-        peer.addrs.insert(0, addr)
-    else:
-        peer.addrs.append(addr)
-    del peer.addrs[8:]
-
-
-def _addresses(texts: Iterable[str], peer_id: bytes) -> tuple[list[SocketAddress], list[str]]:
-    """The peer's direct UDP addresses and (a few of) its circuit multiaddrs in ``texts``."""
-    direct, relayed = split_addrs(texts, peer_id)
-    return [m.socket_address for m in direct], [str(m) for m in relayed[:MAX_RELAYED_PER_PEER]]
-
-
-def _dial_target(
-    addr: str | Multiaddr | SocketAddress, expected: bytes | None
-) -> tuple[SocketAddress, bytes | None]:
-    if isinstance(addr, str):
-        addr = parse_multiaddr(addr)
-    if isinstance(addr, Multiaddr):
-        if addr.relay_id is not None:
-            raise ValueError("relayed addresses are dialled through NatTraverser")
-        return addr.socket_address, expected if expected is not None else addr.peer_id
-    host, port = addr
-    socket.inet_aton(host)
-    return (host, int(port)), expected

@@ -50,7 +50,7 @@ import msgspec
 import pykka
 
 from actors._quic.backend import QuicConnectionAdapter, SocketAddress
-from actors._quic.core import TransportCore, _Conn, _destination_cid
+from actors._quic.core import TransportCore
 from actors._quic.model import (
     ConnectionInfo,
     ControlReceived,
@@ -65,6 +65,7 @@ from actors._quic.model import (
     TransportConfig,
     TransportStats,
 )
+from actors._quic.state import _Conn, _destination_cid
 from actors.futures import NotifyingFuture
 from actors.messages import InboundRequest, PeerConnected, PeerDisconnected
 from protocol.errors import TransportClosed, TransportError
