@@ -13,11 +13,17 @@ import pytest
 
 from actors._quic.model import RequestDone, RequestReceived
 from actors._quic.timers import Timers
-from protocol.errors import ConnectionLost, PeerUnreachable, RequestTimeout, TransportError
+from protocol.errors import (
+    ConnectionLost,
+    PeerUnreachable,
+    RemoteError,
+    RequestTimeout,
+    TransportError,
+)
 from protocol.multiaddr import format_multiaddr
 from protocol.nat import CascadeTimeouts
 from protocol.relay import Reservation
-from protocol.wire import FindNode, Message, Nodes, Ping, Pong
+from protocol.wire import ErrorCode, FindNode, Message, Nodes, Ping, Pong
 from tests.actors.core_net import CoreNet, CoreNode, serve_as_relay, serve_behind_nat
 
 
@@ -346,3 +352,29 @@ def test_a_direct_dial_tries_each_known_address_in_turn() -> None:
     again = a.core.reach(b.peer_id, [dead], net.now)  # connected: no cascade
     net.settle()
     assert a.reached[again].connected and a.reached[again].attempts == ()
+
+
+# -- keep-alive and limits ----------------------------------------------------------------
+
+
+def test_an_unused_connection_lapses_while_a_pinned_one_is_kept_alive() -> None:
+    net = CoreNet()
+    a, b, c = (net.add(idle_timeout=6.0, keepalive_interval=2.0) for _ in range(3))
+    to_b, to_c = a.request(b, Ping(nonce=1)), a.request(c, Ping(nonce=2))
+    assert net.run_until(lambda: _finished(a, to_b, to_c))
+    a.core.pin(c.peer_id)
+    net.run_for(40.0)
+    assert [info.peer_id for info in a.core.connections(net.now)] == [c.peer_id.hex()]
+    assert b.ready_connections() == 0 and c.ready_connections() == 1
+    assert [type(e).__name__ for e in b.peer_events] == ["PeerConnected", "PeerDisconnected"]
+
+
+def test_requests_beyond_the_inbound_limit_are_refused_busy() -> None:
+    net = CoreNet()
+    a = net.add()
+    b = net.add(handler=lambda _node, _request: None, max_inbound_per_peer=2)
+    requests = [a.request(b, FindNode(bytes(32))) for _ in range(4)]
+    assert net.run_until(lambda: sum(r in a.done for r in requests) == 2, limit=5.0)
+    refused = [a.done[r].error for r in requests if r in a.done]
+    assert all(isinstance(e, RemoteError) and e.code is ErrorCode.BUSY for e in refused)
+    assert len(b.held) == 2 and b.core.stats.busy_rejections == 2
