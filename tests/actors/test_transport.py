@@ -22,6 +22,7 @@ from blake3 import blake3
 
 from actors._quic.backend import QuicStack
 from actors.messages import InboundRequest, StatusQuery
+from actors.transport import TransportBusy
 from protocol.errors import (
     AppErrorCode,
     ConnectionLost,
@@ -593,6 +594,30 @@ def test_many_requests_and_cancels_over_a_lossy_reordering_path(
         assert isinstance(ping(a, b), Pong)
     finally:
         path.close()
+
+
+def test_a_query_the_busy_loop_cannot_answer_is_an_error_not_a_default(
+    nodes: list[LiveNode],
+) -> None:
+    """A loop too busy to answer in time: ``connections()`` raises TransportBusy
+    (it used to say "no connections", and callers started needless cascades), while
+    ``connected_peers()`` reads the loop's snapshot without waiting."""
+    a = start_node()
+    b = start_node()
+    nodes += [a, b]
+    a.handle.dial(b.addr).get(timeout=10)
+    assert isinstance(ping(a, b), Pong)
+    release = threading.Event()
+    assert a.handle._endpoint._post(release.wait, 30)  # the loop is stuck for now
+    try:
+        with pytest.raises(TransportBusy):
+            a.handle.connections()
+        with pytest.raises(TransportBusy):
+            a.handle.peer_address(b.peer_id)
+        assert a.handle.connected_peers() == [b.peer_id]
+    finally:
+        release.set()
+    assert [c.peer_id for c in a.handle.connections()] == [b.peer_id.hex()]
 
 
 def test_a_connection_whose_stack_fails_fails_its_requests_at_once(
