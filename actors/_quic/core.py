@@ -587,8 +587,17 @@ class TransportCore:
         if peer is None:
             return
         if failure is None or (peer.conn is not None and peer.conn.state == "ready"):
+            peer.tried.clear()
             streams.pump(self, peer)
             return
+        peer.tried.update(a.via for a in result.attempts if a.step == "direct")
+        known = [format_multiaddr(host, port, peer_id) for host, port in peer.addrs]
+        untried = [a for a in known if a not in peer.tried]
+        if untried and peer.queue and not self._closed:
+            # addresses learnt while the cascade ran (a later request's, an Announce)
+            self.planner.start(peer_id, untried, [], self._now, counted=False)
+            return
+        peer.tried.clear()
         while peer.queue:  # they waited for this cascade
             streams.complete(self, peer.queue.popleft(), error=failure)
 

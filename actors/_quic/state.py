@@ -150,6 +150,9 @@ class _Peer:
     relayed: list[str] = field(default_factory=list)
     """Circuit multiaddrs of the peer (it is behind NAT and holds relay reservations)."""
     dialing: bool = False
+    tried: set[str] = field(default_factory=set)
+    """Direct multiaddrs the cascades for the current queue tried (an address learnt
+    meanwhile gets its own try before the queue fails)."""
 
 
 # -- module helpers ------------------------------------------------------------------

@@ -316,6 +316,22 @@ def test_a_request_to_a_private_peer_runs_the_cascade_and_waits_for_it() -> None
     assert stranger.core.stats.cascades == 1 and stranger.core.stats.cascades_punched == 1
 
 
+@pytest.mark.parametrize("punch", [True, False])
+def test_requests_through_a_punched_or_relayed_connection_survive_loss(punch: bool) -> None:
+    net = CoreNet(seed=3)
+    _relay, private, circuit = _private_network(net)
+    net.loss, net.jitter = 0.05, 0.01
+    stranger = net.add()
+    stranger.core.set_cascade(punch=punch)
+    requests = [
+        stranger.core.request(private.peer_id, FindNode(bytes(32)), net.now, 60.0, [circuit])
+        for _ in range(10)
+    ]
+    assert net.run_until(lambda: _finished(stranger, *requests), limit=70.0)
+    assert all(_reply(stranger, r) == Nodes([]) for r in requests)
+    assert net.lost > 0
+
+
 def test_a_failed_cascade_fails_the_requests_that_waited_for_it() -> None:
     net = CoreNet()
     relay, _private, _circuit = _private_network(net)
@@ -333,6 +349,18 @@ def test_a_failed_cascade_fails_the_requests_that_waited_for_it() -> None:
     assert "refused" in result.attempts[1].outcome
     assert net.now - 1000.0 < 60.0  # at once, not at the request's deadline
     assert stranger.core.stats.cascades == 1 and stranger.core.stats.cascades_failed == 1
+
+
+def test_an_address_learnt_while_the_cascade_runs_is_tried_before_requests_fail() -> None:
+    net = CoreNet()
+    a, b = net.add(), net.add()
+    dead = format_multiaddr("198.51.100.99", 4433, b.peer_id)
+    first = a.core.request(b.peer_id, Ping(nonce=1), net.now, 60.0, [dead])
+    net.run_for(1.0)  # the dead address's dial is running
+    second = a.request(b, Ping(nonce=2), timeout=60.0)  # this one knows b's address
+    assert net.run_until(lambda: _finished(a, first, second))
+    assert isinstance(_reply(a, first), Pong) and isinstance(_reply(a, second), Pong)
+    assert a.core.stats.connections_opened == 2
 
 
 def test_a_direct_dial_tries_each_known_address_in_turn() -> None:
