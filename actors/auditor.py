@@ -60,7 +60,7 @@ from protocol.wire import Error, ErrorCode, Message, StorageAnswers, StorageChal
 
 log = logging.getLogger(__name__)
 
-CHALLENGE_TIMEOUT = 30.0
+CHALLENGE_TIMEOUT = 30.0  # under protocol.audit.IN_FLIGHT_SECONDS
 """Seconds a peer has to answer a challenge (it hashes up to 64 chunks)."""
 SAVE_EVERY = 5.0
 """Seconds between two saves of changed trust records at most."""

@@ -72,6 +72,9 @@ CHALLENGED_PER_SECOND: Final = 16.0
 a hash of its own copy, and the same at the peer); ``CHALLENGE_BURST`` at once."""
 CHALLENGE_BURST: Final = 4 * MAX_CHALLENGE_ADDRESSES
 MAX_BACKLOG_PER_PEER: Final = 4 * MAX_CHALLENGE_ADDRESSES
+IN_FLIGHT_SECONDS: Final = 120.0
+"""A challenge not reported ``done`` after this long is taken as lost (the owner's
+answer timeout is shorter): the peer can be challenged again."""
 """Possession checks waiting for one peer; past it, a random few are dropped (the
 periodic audits still sample every shared chunk)."""
 
@@ -248,7 +251,9 @@ class AuditPlanner:
         """Per peer: chunks whose possession check is due."""
         self._owed: dict[bytes, dict[bytes, float]] = {}
         """Per peer: chunks it answered missing and was offered, with when to check again."""
-        self._in_flight: set[bytes] = set()
+        self._in_flight: dict[bytes, float] = {}
+        """Peers with a challenge out, and since when (one lost on the way is forgotten
+        after ``IN_FLIGHT_SECONDS``: the peer is challenged again)."""
 
     # -- what the owner tells it ----------------------------------------------------
 
@@ -311,7 +316,9 @@ class AuditPlanner:
             addresses = self._take_backlog(peer, now, room)
             if addresses:
                 self._budget.take(len(addresses), now)
-                challenges.append(self._challenge(peer, addresses, ChallengeKind.POSSESSION, known))
+                challenges.append(
+                    self._challenge(peer, addresses, ChallengeKind.POSSESSION, known, now)
+                )
         ready -= {c.peer for c in challenges}
         due = [p for p in ready if self._next_audit.get(p, float("inf")) <= now]
         if due and held is not None:
@@ -325,12 +332,12 @@ class AuditPlanner:
                 if not mine:
                     continue
                 sample = self.rng.sample(mine, count)
-                challenges.append(self._challenge(peer, sample, ChallengeKind.AUDIT, known))
+                challenges.append(self._challenge(peer, sample, ChallengeKind.AUDIT, known, now))
         return challenges
 
     def done(self, report: AuditReport, now: float) -> None:
         """The answer to a challenge was judged: remember what was offered back."""
-        self._in_flight.discard(report.peer)
+        self._in_flight.pop(report.peer, None)
         if report.offer_back and report.peer in self._joined:
             owed = self._owed.setdefault(report.peer, {})
             for address in report.offer_back:
@@ -338,11 +345,14 @@ class AuditPlanner:
 
     def failed(self, peer: bytes) -> None:
         """A challenge could not be sent (e.g. the auditor's own copies were all bad)."""
-        self._in_flight.discard(peer)
+        self._in_flight.pop(peer, None)
 
     def _ready(self, peer: bytes, now: float) -> bool:
         joined = self._joined.get(peer)
-        return joined is not None and now - joined >= self.grace and peer not in self._in_flight
+        if joined is None or now - joined < self.grace:
+            return False
+        since = self._in_flight.get(peer)
+        return since is None or now - since >= IN_FLIGHT_SECONDS
 
     def _queue_possession_checks(self, now: float, known: list[bytes]) -> None:
         due = [a for a, at in self._stored.items() if at <= now]
@@ -383,9 +393,14 @@ class AuditPlanner:
         return picked
 
     def _challenge(
-        self, peer: bytes, addresses: Sequence[bytes], kind: ChallengeKind, known: list[bytes]
+        self,
+        peer: bytes,
+        addresses: Sequence[bytes],
+        kind: ChallengeKind,
+        known: list[bytes],
+        now: float,
     ) -> Challenge:
-        self._in_flight.add(peer)
+        self._in_flight[peer] = now
         owed_now = self._owed.get(peer, {})
         owed = frozenset(a for a in addresses if a in owed_now)
         for address in owed:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from protocol.audit import (
     CHALLENGE_BURST,
     DECLINED,
+    IN_FLIGHT_SECONDS,
     MAX_BACKLOG_PER_PEER,
     MISSING,
     PLAUSIBLE_DECLINE_RANK,
@@ -641,3 +642,19 @@ def test_held_chunks_are_wanted_only_for_a_ready_peer_due_an_audit() -> None:
     assert challenges and all(c.kind is ChallengeKind.AUDIT for c in challenges)
     # those challenged are in flight, the others had nothing shared and were rescheduled
     assert not p.wants_held(now), "in flight or rescheduled: nothing to fetch held chunks for"
+
+
+def test_a_challenge_never_reported_done_is_taken_as_lost() -> None:
+    p = planner(interval=10.0, grace=0.0)
+    held = held_addresses(300)
+    for peer in PEERS:
+        p.peer_joined(peer, 0.0)
+    first = p.plan(20.0, held, PEERS)
+    assert first
+    lost = first[0].peer
+    for c in first[1:]:
+        p.done(AuditReport(c.peer, c.kind, AuditOutcome.PASSED), 20.0)
+    # no answer ever comes for ``lost``: not challenged again while it may still come...
+    assert lost not in {c.peer for c in p.plan(20.0 + IN_FLIGHT_SECONDS - 1, held, PEERS)}
+    # ...then it is taken as lost, and the peer (long due) is challenged again
+    assert lost in {c.peer for c in p.plan(20.0 + IN_FLIGHT_SECONDS, held, PEERS)}
