@@ -334,11 +334,11 @@ def test_at_most_one_challenge_in_flight_per_peer() -> None:
         busy |= {c.peer for c in again}
     peer = first[0].peer
     p.done(AuditReport(peer, first[0].kind, AuditOutcome.PASSED), 100.0)
-    later = p.plan(200.0, held, PEERS)
+    later = p.plan(120.0, held, PEERS)  # the others' answers may still come (IN_FLIGHT_SECONDS)
     assert [c.peer for c in later] == [peer]
     other = next(iter(busy - {peer}))
     p.failed(other)
-    assert other in {c.peer for c in p.plan(300.0, held, PEERS)}
+    assert other in {c.peer for c in p.plan(125.0, held, PEERS)}
 
 
 def test_possession_checks_are_sent_by_the_leader_only_batched_per_peer() -> None:
