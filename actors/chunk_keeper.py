@@ -43,7 +43,7 @@ from actors.messages import (
     Event,
     ExpectProofs,
     HeldChunks,
-    HoldsChunk,
+    HoldsChunks,
     InboundRequest,
     RoutingChanged,
     StatusQuery,
@@ -234,8 +234,8 @@ class ChunkKeeper(NodeActor):
                 self._payment_judged(put, key, claim, verdict)
             case RoutingChanged(peers=peers):
                 self.known_peers = tuple(peers)
-            case HoldsChunk(address=address):
-                return self.database.get_chunk(address) is not None
+            case HoldsChunks(addresses=addresses):
+                return [self.database.get_chunk(a) is not None for a in addresses]
             case ClaimChunk(address=address):
                 return self.claim(address)
             case ClaimChunks(addresses=addresses, reply=reply):

@@ -164,10 +164,11 @@ class ChunkLost(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class HoldsChunk:
-    """Ask ChunkKeeper: is this chunk held (responsible or cached)?"""
+class HoldsChunks:
+    """Ask ChunkKeeper: is each of these chunks held (responsible or cached)? A list of
+    bools, in order."""
 
-    address: bytes
+    addresses: tuple[bytes, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from actors.handshake import Handshake
 from actors.messages import (
     ConnectPeer,
     FindClosest,
-    HoldsChunk,
+    HoldsChunks,
     InboundRequest,
     RoutingChanged,
     RoutingSnapshot,
@@ -477,11 +477,10 @@ class Node:
 
     def _control_holds(self, request: dict[str, Any]) -> list[bool]:
         """``{"addresses": [hex, ...]}``: which of these chunks this node holds."""
-        keeper = self.refs["ChunkKeeper"]
-        return [
-            bool(keeper.ask(HoldsChunk(from_hex(str(a))), timeout=10))
-            for a in request.get("addresses", [])
-        ]
+        addresses = tuple(from_hex(str(a)) for a in request.get("addresses", []))
+        held = self.refs["ChunkKeeper"].ask(HoldsChunks(addresses), timeout=30)
+        assert isinstance(held, list)
+        return [bool(h) for h in held]
 
     def status(self) -> dict[str, Any]:
         """The JSON-ready answer to ``status``: identity, actors, and each actor's section."""

@@ -16,7 +16,7 @@ from actors.messages import (
     ClaimChunk,
     DemoteChunks,
     HeldChunks,
-    HoldsChunk,
+    HoldsChunks,
     StatusQuery,
     StoreChunk,
 )
@@ -71,7 +71,7 @@ def test_demote_serve_evict_promote(keeper: Keeper) -> None:
     assert keeper.kind(addr_a) is ChunkKind.CACHE
     assert totals(keeper.status()) == (2, 2000, 1, 1000)
     assert keeper.ask(HeldChunks()) == sorted([addr_b, addr_c])
-    assert keeper.ask(HoldsChunk(addr_a)) is True
+    assert keeper.ask(HoldsChunks((addr_a,))) == [True]
     assert keeper.ask(DemoteChunks((addr_a,))) == 0, "already cached"
 
     # served from the cache, and counted

@@ -12,7 +12,7 @@ import pytest
 
 from actors.client import Client, ClientError
 from actors.handshake import Handshake
-from actors.messages import HoldsChunk, InboundRequest
+from actors.messages import HoldsChunks, InboundRequest
 from actors.node import Node
 from actors.transport import Transport, TransportConfig
 from protocol.chunks import chunk_address
@@ -31,7 +31,7 @@ def client(network: list[Node]) -> Iterator[Client]:
 
 
 def _holders(network: list[Node], address: bytes) -> list[Node]:
-    return [n for n in network if n.refs["ChunkKeeper"].ask(HoldsChunk(address), timeout=5)]
+    return [n for n in network if n.refs["ChunkKeeper"].ask(HoldsChunks((address,))) == [True]]
 
 
 def test_a_chunk_lands_on_its_close_group_and_comes_back(
