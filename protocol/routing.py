@@ -111,7 +111,7 @@ RejectReason = Literal["invalid_id", "own_id", "ip_limit", "subnet_limit", "shun
 
 
 @dataclass(frozen=True, slots=True)
-class Rejected:
+class NotAdded:
     """The peer was not taken (the table is unchanged)."""
 
     peer_id: bytes
@@ -135,7 +135,7 @@ class Evicted:
     replaced_by: bytes | None
 
 
-ObserveResult = Added | Updated | PingNeeded | Cached | Rejected
+ObserveResult = Added | Updated | PingNeeded | Cached | NotAdded
 PingOutcome = Updated | Evicted | FailureRecorded
 
 
@@ -290,11 +290,11 @@ class RoutingTable:
         ``ping_result``.
         """
         if len(peer_id) != ADDRESS_BYTES:
-            return Rejected(peer_id, "invalid_id")
+            return NotAdded(peer_id, "invalid_id")
         if peer_id == self.own_id:
-            return Rejected(peer_id, "own_id")
+            return NotAdded(peer_id, "own_id")
         if self.is_shunned(peer_id, now):
-            return Rejected(peer_id, "shunned")
+            return NotAdded(peer_id, "shunned")
         index = self.bucket_of(peer_id)
         bucket = self._buckets.get(index)
         known = None if bucket is None else bucket.peers.get(peer_id)
@@ -303,7 +303,7 @@ class RoutingTable:
             if new_ip != known.ip:
                 reason = self._diversity_violation(bucket, new_ip, ignore=peer_id)
                 if reason is not None:
-                    return Rejected(peer_id, reason)
+                    return NotAdded(peer_id, reason)
             del bucket.peers[peer_id]
             bucket.peers[peer_id] = PeerEntry(
                 peer_id, tuple(addrs) if addrs else known.addrs, new_ip, now, 0
@@ -318,7 +318,7 @@ class RoutingTable:
         if reason is not None:
             if not bucket.peers and not bucket.replacements:
                 del self._buckets[index]
-            return Rejected(peer_id, reason)
+            return NotAdded(peer_id, reason)
         waiting = bucket.replacements.pop(peer_id, None)
         entry = PeerEntry(
             peer_id,

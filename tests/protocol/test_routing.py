@@ -13,8 +13,8 @@ from protocol.routing import (
     Cached,
     Evicted,
     FailureRecorded,
+    NotAdded,
     PingNeeded,
-    Rejected,
     RoutingTable,
     StoredPeer,
     Updated,
@@ -66,8 +66,8 @@ def test_observe_adds_and_moves_to_tail() -> None:
 
 def test_own_and_invalid_ids_are_rejected() -> None:
     table = RoutingTable(OWN)
-    assert table.observe(OWN, (), None, 0.0) == Rejected(OWN, "own_id")
-    assert table.observe(b"short", (), None, 0.0) == Rejected(b"short", "invalid_id")
+    assert table.observe(OWN, (), None, 0.0) == NotAdded(OWN, "own_id")
+    assert table.observe(b"short", (), None, 0.0) == NotAdded(b"short", "invalid_id")
     assert len(table) == 0
     assert table.get(OWN) is None
     assert table.record_failure(OWN, 0.0) is None
@@ -217,17 +217,17 @@ def test_at_most_two_per_ip_and_five_per_subnet_in_a_bucket() -> None:
     peers = in_bucket(255, 10)
     assert isinstance(table.observe(peers[0], (), "203.0.113.7", 0.0), Added)
     assert isinstance(table.observe(peers[1], (), "203.0.113.7", 1.0), Added)
-    assert table.observe(peers[2], (), "203.0.113.7", 2.0) == Rejected(peers[2], "ip_limit")
+    assert table.observe(peers[2], (), "203.0.113.7", 2.0) == NotAdded(peers[2], "ip_limit")
     for n in range(3):
         assert isinstance(table.observe(peers[3 + n], (), f"203.0.113.{20 + n}", 3.0 + n), Added)
-    assert table.observe(peers[6], (), "203.0.113.99", 9.0) == Rejected(peers[6], "subnet_limit")
+    assert table.observe(peers[6], (), "203.0.113.99", 9.0) == NotAdded(peers[6], "subnet_limit")
     assert isinstance(table.observe(peers[7], (), "203.0.114.1", 10.0), Added)
     assert isinstance(table.observe(peers[8], (), None, 11.0), Added)  # unknown IP: not counted
     # Another bucket has its own counts.
     (other,) = in_bucket(254, 1)
     assert isinstance(table.observe(other, (), "203.0.113.7", 12.0), Added)
     # A known peer moving onto a full IP is refused; the entry stays as it was.
-    assert table.observe(peers[7], (), "203.0.113.7", 13.0) == Rejected(peers[7], "ip_limit")
+    assert table.observe(peers[7], (), "203.0.113.7", 13.0) == NotAdded(peers[7], "ip_limit")
     entry = table.get(peers[7])
     assert entry is not None
     assert entry.ip == "203.0.114.1"
@@ -418,7 +418,7 @@ def test_shun_removes_and_rejects_until_it_expires() -> None:
     assert table.is_shunned(a, 50.0)
     assert not table.is_shunned(b, 50.0)
     assert table.shunned(50.0) == [a]
-    assert table.observe(a, ("/x",), None, 50.0) == Rejected(a, "shunned")
+    assert table.observe(a, ("/x",), None, 50.0) == NotAdded(a, "shunned")
     assert a not in table
     assert table.closest(a, 20) == [table.get(b)]
     # over: welcome again, a newcomer
@@ -432,11 +432,11 @@ def test_shunning_an_unknown_peer_keeps_it_out_and_own_or_invalid_ids_are_ignore
     table = RoutingTable(OWN)
     (a,) = in_bucket(10, 1)
     assert table.shun(a, until=10.0) is None
-    assert table.observe(a, (), None, 5.0) == Rejected(a, "shunned")
+    assert table.observe(a, (), None, 5.0) == NotAdded(a, "shunned")
     assert table.shun(OWN, until=10.0) is None
     assert table.shun(b"short", until=10.0) is None
     assert table.shunned(0.0) == [a]
-    assert table.observe(OWN, (), None, 0.0) == Rejected(OWN, "own_id")
+    assert table.observe(OWN, (), None, 0.0) == NotAdded(OWN, "own_id")
     # a longer shun replaces a shorter one
     table.shun(a, until=20.0)
     assert table.is_shunned(a, 15.0)
@@ -456,5 +456,5 @@ def test_shun_promotes_a_replacement_and_drops_a_shunned_replacement() -> None:
     assert table.shun(d, until=1000.0) is None
     assert table.replacement_count() == 0
     assert table.remove(b) == Evicted(b, 255, replaced_by=None)
-    assert table.observe(a, (), None, 7.0) == Rejected(a, "shunned")
-    assert table.observe(d, (), None, 7.0) == Rejected(d, "shunned")
+    assert table.observe(a, (), None, 7.0) == NotAdded(a, "shunned")
+    assert table.observe(d, (), None, 7.0) == NotAdded(d, "shunned")
