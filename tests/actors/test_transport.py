@@ -21,6 +21,7 @@ import pytest
 from blake3 import blake3
 
 from actors._quic.backend import QuicStack
+from actors.futures import NotifyingFuture
 from actors.messages import InboundRequest, StatusQuery
 from actors.transport import TransportBusy
 from protocol.errors import (
@@ -647,9 +648,17 @@ def test_a_connection_whose_stack_fails_fails_its_requests_at_once(
 
         conn.quic.datagrams_to_send = failing  # type: ignore[method-assign]
 
-    endpoint._call(break_the_stack)
     started = time.monotonic()
-    trigger = a.handle.request(b.peer_id, Ping(nonce=1), timeout=30)
+    trigger: pykka.ThreadingFuture[Message] = NotifyingFuture()
+
+    def break_and_trigger() -> None:
+        # in one loop callback: nothing else (an ACK, a timer) may hit the broken
+        # stack before the trigger request is on the connection
+        break_the_stack()
+        frame = encode_frame(Ping(nonce=1))
+        endpoint._request(trigger, b.peer_id, frame, time.monotonic() + 30, ())
+
+    endpoint._call(break_and_trigger)
     for future in [*waiting, trigger]:
         with pytest.raises(ConnectionLost):
             future.get(timeout=5)
