@@ -38,11 +38,10 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 import pykka
 
-from actors._quic.endpoint import TransportConfig
 from actors.futures import Outcome, when_done
 from actors.handshake import Handshake
 from actors.nat_traverser import NatConfig, NatTraverser, nat_hooks
-from actors.transport import Transport, TransportHandle
+from actors.transport import Transport, TransportConfig, TransportHandle
 from evm.rpc import ChainError
 from persistence.chunk_files import ChunkFiles
 from persistence.errors import ChunkFileError

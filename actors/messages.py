@@ -128,14 +128,6 @@ class ProbeArrived(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class ReachPeer(Event):
-    """The Transport could not reach the peer directly: punch or relay (NatTraverser)."""
-
-    peer_id: bytes
-    relayed: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
 class ConnectPeer(Event):
     """Reach the peer through the whole cascade; ``on_done`` gets the ``CascadeResult``."""
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pykka
 
@@ -41,7 +41,7 @@ from actors.messages import (
 )
 from actors.nat_traverser import CascadeResult, NatConfig, NatTraverser, nat_hooks
 from actors.replicator import Replicator
-from actors.transport import Transport, TransportConfig, TransportHandle
+from actors.transport import QuicStack, Transport, TransportConfig, TransportHandle
 from persistence.chunk_files import ChunkFiles
 from persistence.database import Database, open_database
 from persistence.root_dir import RootDirLock, prepare_root_dir
@@ -90,7 +90,6 @@ _SERVED_BY: dict[type[Message], str] = {
 }
 """Which actor answers each kind of remote request (Ping is answered by the Transport)."""
 
-QuicStack = Literal["qh3", "aioquic"]
 PUBLIC_LOG_BLOCK_RANGE = 10_000
 """Blocks per ``eth_getLogs`` query on a public chain (public RPCs limit the range)."""
 DEFAULT_MAX_STORAGE = 10 * 1024**3

@@ -31,6 +31,7 @@ from typing import Any
 import msgspec
 import pykka
 
+from actors._quic.backend import QuicStack
 from actors._quic.endpoint import (
     ConnectionInfo,
     ControlSink,
@@ -56,6 +57,7 @@ __all__ = [
     "ControlSink",
     "Dial",
     "GetTransportHandle",
+    "QuicStack",
     "ReachResult",
     "Transport",
     "TransportBusy",

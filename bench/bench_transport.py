@@ -27,7 +27,7 @@ from blake3 import blake3
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, and its tests/
 
-from actors._quic.backend import QuicStack
+from actors.transport import QuicStack
 from bench._timing import percentiles
 from protocol.wire import MAX_CHUNK_BYTES, Chunk, GetChunk, Ping, Pong, PutAck, PutChunk
 from tests.actors.transport_nodes import ChunkStore, LiveNode, start_node
