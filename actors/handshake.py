@@ -12,13 +12,20 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
 from actors.base import NodeActor
-from actors.messages import Event, StatusQuery
+from actors.messages import (
+    BeginHandshake,
+    HandshakeClosed,
+    HandshakeFrame,
+    HandshakeSink,
+    HandshakeTimer,
+    StatusQuery,
+)
 from protocol.handshake import (
     DEFAULT_TIMEOUT,
     Accepted,
@@ -31,72 +38,9 @@ from protocol.handshake import (
     Send,
 )
 from protocol.identity import Identity
-from protocol.wire import Message, encode_frame
+from protocol.wire import encode_frame
 
 log = logging.getLogger(__name__)
-
-
-class HandshakeSink(Protocol):
-    """Where the actor sends its outputs for a connection (the Transport's endpoint).
-
-    Both methods are called from the actor's thread and must be thread-safe.
-    """
-
-    def handshake_send(self, conn_id: int, frame: bytes) -> None: ...
-
-    def handshake_finished(self, conn_id: int, outcome: Accepted | Rejected) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class BeginHandshake(Event):
-    """TLS is up on connection ``conn_id``: start the identity handshake."""
-
-    conn_id: int
-    role: Role
-    cert_hash: bytes
-    """SHA-256 of the server's certificate (DER) as this connection saw it."""
-    deadline: float
-    """``time.monotonic()`` by which the handshake must be complete."""
-    expected_peer_id: bytes | None
-    listen_addrs: tuple[str, ...]
-    instance: bytes
-    """This process's instance id (sent in the Hello)."""
-    nonce: bytes
-    """This side's nonce."""
-    hello_sent: bool
-    """The Transport already sent this side's Hello (``hello_message`` of these
-    values): it needs no signature, and sending it at once lets both sides sign in
-    parallel."""
-    remote: str
-    """``host:port`` of the peer, for logs."""
-    sink: HandshakeSink = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class HandshakeFrame(Event):
-    """A message the peer sent on its handshake stream."""
-
-    conn_id: int
-    message: Message
-    sink: HandshakeSink = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class HandshakeTimer(Event):
-    """The connection's deadline passed (sent by the Transport's loop)."""
-
-    conn_id: int
-    now: float
-    sink: HandshakeSink = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class HandshakeClosed(Event):
-    """The connection closed before the handshake finished: forget it."""
-
-    conn_id: int
-    detail: str
-    sink: HandshakeSink = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
+from protocol.handshake import Accepted, Rejected, Role
 from protocol.trust import TrustEvent
 from protocol.wire import Message, PaymentProof
 
@@ -259,3 +260,69 @@ class OfferChunks(Event):
 
     peer_id: bytes
     addresses: tuple[bytes, ...]
+
+
+# -- the identity handshake (Transport <-> Handshake actor) ------------------------------
+
+
+class HandshakeSink(Protocol):
+    """Where the actor sends its outputs for a connection (the Transport's endpoint).
+
+    Both methods are called from the actor's thread and must be thread-safe.
+    """
+
+    def handshake_send(self, conn_id: int, frame: bytes) -> None: ...
+
+    def handshake_finished(self, conn_id: int, outcome: Accepted | Rejected) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BeginHandshake(Event):
+    """TLS is up on connection ``conn_id``: start the identity handshake."""
+
+    conn_id: int
+    role: Role
+    cert_hash: bytes
+    """SHA-256 of the server's certificate (DER) as this connection saw it."""
+    deadline: float
+    """``time.monotonic()`` by which the handshake must be complete."""
+    expected_peer_id: bytes | None
+    listen_addrs: tuple[str, ...]
+    instance: bytes
+    """This process's instance id (sent in the Hello)."""
+    nonce: bytes
+    """This side's nonce."""
+    hello_sent: bool
+    """The Transport already sent this side's Hello (``hello_message`` of these
+    values): it needs no signature, and sending it at once lets both sides sign in
+    parallel."""
+    remote: str
+    """``host:port`` of the peer, for logs."""
+    sink: HandshakeSink = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeFrame(Event):
+    """A message the peer sent on its handshake stream."""
+
+    conn_id: int
+    message: Message
+    sink: HandshakeSink = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeTimer(Event):
+    """The connection's deadline passed (sent by the Transport's loop)."""
+
+    conn_id: int
+    now: float
+    sink: HandshakeSink = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeClosed(Event):
+    """The connection closed before the handshake finished: forget it."""
+
+    conn_id: int
+    detail: str
+    sink: HandshakeSink = field(repr=False)

@@ -99,14 +99,15 @@ from actors._quic.state import (
     _short,
 )
 from actors._quic.timers import Timer, Timers
-from actors.handshake import (
+from actors.messages import (
     BeginHandshake,
     HandshakeClosed,
     HandshakeFrame,
     HandshakeSink,
     HandshakeTimer,
+    PeerConnected,
+    PeerDisconnected,
 )
-from actors.messages import PeerConnected, PeerDisconnected
 from protocol.errors import (
     AppErrorCode,
     ConnectionLost,

@@ -14,8 +14,15 @@ from dataclasses import dataclass, field
 import msgspec
 
 from actors._quic.backend import QuicStack, SocketAddress
-from actors.handshake import BeginHandshake, HandshakeClosed, HandshakeFrame, HandshakeTimer
-from actors.messages import Direction, PeerConnected, PeerDisconnected
+from actors.messages import (
+    BeginHandshake,
+    Direction,
+    HandshakeClosed,
+    HandshakeFrame,
+    HandshakeTimer,
+    PeerConnected,
+    PeerDisconnected,
+)
 from protocol.errors import TransportError
 from protocol.nat import Attempt, ControlKind
 from protocol.relay import RelayLimits

@@ -23,7 +23,7 @@ from actors._quic.state import (
     _remember_addr,
     _short,
 )
-from actors.handshake import (
+from actors.messages import (
     HandshakeClosed,
     HandshakeFrame,
 )

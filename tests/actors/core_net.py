@@ -31,8 +31,14 @@ from actors._quic.model import (
     ToHandshake,
     TransportConfig,
 )
-from actors.handshake import BeginHandshake, HandshakeClosed, HandshakeFrame, HandshakeTimer
-from actors.messages import PeerConnected, PeerDisconnected
+from actors.messages import (
+    BeginHandshake,
+    HandshakeClosed,
+    HandshakeFrame,
+    HandshakeTimer,
+    PeerConnected,
+    PeerDisconnected,
+)
 from protocol.handshake import (
     Accepted,
     IdentityHandshake,

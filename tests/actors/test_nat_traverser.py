@@ -30,8 +30,8 @@ from typing import Any, TypeVar
 import pytest
 
 from actors.futures import NotifyingFuture
-from actors.handshake import BeginHandshake, Handshake
-from actors.messages import ConnectPeer, RoutingSnapshot
+from actors.handshake import Handshake
+from actors.messages import BeginHandshake, ConnectPeer, RoutingSnapshot
 from actors.nat_traverser import CascadeResult
 from actors.node import Node, NodeConfig
 from protocol.errors import PeerRejected, PeerUnreachable, RemoteError
