@@ -250,6 +250,13 @@ def test_a_node_that_drops_what_it_stores_is_shunned_and_its_chunks_restored(
 
     wait_for("5 honest replicas of every chunk", five_honest, timeout=60)
     print(f"5 honest replicas of every chunk {time.monotonic() - put_at:.1f} s after the put")
+    # A client told by the nodes that the peer is shunned leaves it out of the close
+    # groups it finds, so it never asks it for a quote or sends it a chunk: even one
+    # that knows the peer (joins through it) and so starts its lookup with it.
+    with Client([cheat.multiaddr, *(n.multiaddr for n in sharers)], host="127.0.0.1") as client:
+        group = [c.peer_id for c in client.closest_peers(mine[0], CLOSE_GROUP_SIZE + 2)]
+    assert cheat_id not in group
+    assert len(group) == CLOSE_GROUP_SIZE + 2
     read_back(net)
     assert honest_shunned_anywhere(net) == {}
     net.kill(cheat)
