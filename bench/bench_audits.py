@@ -41,7 +41,6 @@ import argparse
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -73,8 +72,8 @@ from protocol.replication import offers
 from protocol.self_encryption import EncryptedChunk
 from protocol.wire import StorageAnswers, StorageChallenge, encode_frame
 from protocol.xor import closest
+from tests.system import dishonest_node
 
-DISHONEST = Path(__file__).resolve().parent.parent / "tests" / "system" / "dishonest_node.py"
 BASE_ARGS = ("--refresh-interval", "10", "--liveness-interval", "1", "--repair-interval", "10")
 
 
@@ -225,22 +224,8 @@ def measure_cost(args: argparse.Namespace, work: Path) -> None:
 def spawn_dishonest(
     directory: Path, index: int, bootstrap: str, args: tuple[str, ...]
 ) -> NodeEntry:
-    root = directory / f"dishonest-{index}"
-    root.mkdir(parents=True)
-    log = (root / "node.out").open("ab")
-    env = {**os.environ, "DISHONEST_MODE": "liar", "DISHONEST_DROP": "0"}
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, str(DISHONEST), "run", "--root-dir", str(root), "--local"),
-            *("--peer", bootstrap, *args),
-        ],
-        stdout=log,
-        stderr=log,
-        stdin=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,
-    )
-    return _wait_joined(proc, root, need_peers=True, deadline=time.monotonic() + 60)
+    """A liar that keeps everything at first (its files are deleted later)."""
+    return dishonest_node.spawn(directory / f"dishonest-{index}", "liar", 0.0, bootstrap, args)
 
 
 def measure_detection(args: argparse.Namespace, work: Path) -> None:

@@ -22,10 +22,15 @@ the row and fetches nothing) and serves ``NotFound`` for a dropped chunk.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
 from collections.abc import Callable, Container, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cli.testnet import NodeEntry
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
@@ -87,6 +92,28 @@ def patch(mode: str, fraction: float) -> None:
         file=sys.stderr,
         flush=True,
     )
+
+
+def spawn(root: Path, mode: str, drop: float, bootstrap: str, args: Sequence[str]) -> NodeEntry:
+    """Start this script as a node process in ``root`` that joins through ``bootstrap``
+    (with the node flags ``args``); its entry once it has joined."""
+    from cli.testnet import _wait_joined
+
+    root.mkdir(parents=True)
+    log = (root / "node.out").open("ab")
+    env = {**os.environ, "DISHONEST_MODE": mode, "DISHONEST_DROP": str(drop)}
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, __file__, "run", "--root-dir", str(root), "--local"),
+            *("--peer", bootstrap, *args),
+        ],
+        stdout=log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
+    return _wait_joined(proc, root, need_peers=True, deadline=time.monotonic() + 60)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,8 +18,6 @@ from __future__ import annotations
 import io
 import os
 import random
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -43,6 +41,7 @@ from persistence.chunk_files import CHUNKS_DIRNAME
 from protocol.chunks import CLOSE_GROUP_SIZE
 from protocol.self_encryption import StreamEncryptor
 from protocol.xor import closest
+from tests.system import dishonest_node
 from tests.system.conftest import Testnet
 from tests.system.dishonest_node import dropped
 
@@ -59,7 +58,6 @@ NODE_ARGS = (
     "--audit-interval",
     str(AUDIT_INTERVAL),
 )
-DISHONEST = Path(__file__).with_name("dishonest_node.py")
 HONEST = 10
 
 
@@ -120,21 +118,7 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float =
 
 def spawn_dishonest(net: AuditNet, mode: str, drop: float) -> NodeEntry:
     root = net.dir / f"dishonest-{len(net.dishonest)}"
-    root.mkdir()
-    log = (root / "node.out").open("ab")
-    env = {**os.environ, "DISHONEST_MODE": mode, "DISHONEST_DROP": str(drop)}
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, str(DISHONEST), "run", "--root-dir", str(root), "--local"),
-            *("--peer", net.nodes[0].multiaddr, *NODE_ARGS),
-        ],
-        stdout=log,
-        stderr=log,
-        stdin=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,
-    )
-    entry = _wait_joined(proc, root, need_peers=True, deadline=time.monotonic() + 60)
+    entry = dishonest_node.spawn(root, mode, drop, net.nodes[0].multiaddr, NODE_ARGS)
     net.nodes.append(entry)
     net.dishonest.append(entry)
     write_manifest(net.dir, net.nodes)  # so that ``stop`` ends it too
