@@ -29,6 +29,11 @@ class TokenBucket:
         self._tokens -= amount
         return True
 
+    def adjust(self, amount: float) -> None:
+        """Give back ``amount`` units (a negative amount takes more, and may leave the
+        bucket in debt): for a cost that was estimated when it was taken."""
+        self._tokens = min(self.burst, self._tokens + amount)
+
     def _refill(self, now: float) -> None:
         if self._at is not None and now > self._at:
             self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)

@@ -17,6 +17,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Final
 
+from protocol.rate import TokenBucket
+
 CIRCUIT_HEADER: Final = struct.Struct(">I")
 MAX_CIRCUIT_ID: Final = 2**32 - 1
 
@@ -51,8 +53,8 @@ class Circuit:
 @dataclass
 class Reservation:
     expires: float
-    tokens: float
-    refilled: float
+    budget: TokenBucket
+    """Bytes the client's circuits may still relay."""
     circuits: set[int] = field(default_factory=set)
 
 
@@ -86,7 +88,8 @@ class RelayTable:
         if existing is not None:
             existing.expires = expires
             return existing
-        reservation = Reservation(expires, float(self.limits.burst_bytes), now)
+        budget = TokenBucket(self.limits.bytes_per_second, self.limits.burst_bytes)
+        reservation = Reservation(expires, budget)
         self._reservations[client] = reservation
         return reservation
 
@@ -133,16 +136,9 @@ class RelayTable:
         if reservation is None or reservation.expires <= now:
             self.counters.datagrams_dropped_no_circuit += 1
             return None
-        limits = self.limits
-        elapsed = max(0.0, now - reservation.refilled)
-        reservation.tokens = min(
-            float(limits.burst_bytes), reservation.tokens + elapsed * limits.bytes_per_second
-        )
-        reservation.refilled = now
-        if reservation.tokens < size:
+        if not reservation.budget.take(size, now):
             self.counters.datagrams_dropped_over_budget += 1
             return None
-        reservation.tokens -= size
         self._last_used[circuit_id] = now
         self.counters.datagrams_relayed += 1
         self.counters.bytes_relayed += size

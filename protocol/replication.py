@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from protocol.chunks import CLOSE_GROUP_SIZE, RESPONSIBILITY_MARGIN, is_responsible
+from protocol.rate import TokenBucket
 from protocol.xor import ADDRESS_BYTES, closest, closest_in_sorted
 
 
@@ -155,8 +156,7 @@ class FetchQueue:
         self.max_queued = max_queued
         self._wanted: OrderedDict[bytes, _Wanted] = OrderedDict()
         self._in_flight = 0
-        self._tokens = float(bytes_per_second)
-        self._tokens_at: float | None = None
+        self._budget = TokenBucket(bytes_per_second, bytes_per_second)
         self.fetched = 0
         self.failed = 0
         self.dropped = 0
@@ -186,10 +186,11 @@ class FetchQueue:
 
     def next_fetches(self, now: float) -> list[Fetch]:
         """Fetches to start now, within the concurrency and bandwidth limits."""
-        self._refill(now)
         out: list[Fetch] = []
         for address, entry in list(self._wanted.items()):
-            if self._in_flight >= self.max_in_flight or self._tokens < self.expected_chunk_bytes:
+            if self._in_flight >= self.max_in_flight:
+                break
+            if self._budget.available(now) < self.expected_chunk_bytes:
                 break
             if entry.in_flight:
                 continue
@@ -201,7 +202,7 @@ class FetchQueue:
             entry.tried.add(source)
             entry.in_flight = True
             self._in_flight += 1
-            self._tokens -= self.expected_chunk_bytes
+            self._budget.take(self.expected_chunk_bytes, now)
             out.append(Fetch(address, source))
         return out
 
@@ -215,12 +216,4 @@ class FetchQueue:
         if ok:
             del self._wanted[address]
             self.fetched += 1
-            self._tokens += self.expected_chunk_bytes - size
-
-    def _refill(self, now: float) -> None:
-        if self._tokens_at is not None:
-            self._tokens = min(
-                float(self.bytes_per_second),
-                self._tokens + (now - self._tokens_at) * self.bytes_per_second,
-            )
-        self._tokens_at = now
+            self._budget.adjust(self.expected_chunk_bytes - size)  # the real size

@@ -71,3 +71,17 @@ def test_property_never_spends_more_than_rate_times_time_plus_burst(
         else:
             assert amount > before
     assert spent <= burst + rate * now + 1e-6
+
+
+def test_adjust_corrects_an_estimated_cost_and_may_leave_a_debt() -> None:
+    bucket = TokenBucket(rate=10.0, burst=100.0)
+    assert bucket.take(80, 0.0)
+    bucket.adjust(50)  # the real cost was 30: 50 back
+    assert bucket.available(0.0) == 70
+    bucket.adjust(1000)
+    assert bucket.available(0.0) == 100, "never past the burst"
+    assert bucket.take(100, 0.0)
+    bucket.adjust(-20)  # it cost 20 more than estimated
+    assert bucket.available(0.0) == -20
+    assert not bucket.take(1, 1.0), "the debt is paid back first"
+    assert bucket.available(3.0) == 10
