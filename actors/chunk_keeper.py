@@ -55,7 +55,7 @@ from persistence.chunk_files import ChunkFiles
 from persistence.database import ChunkRecord, Database
 from persistence.errors import ChunkFileError, StorageFull
 from persistence.models import ChunkKind
-from protocol.audit import REFUSAL_ERRORS, ChallengeGate, answer, storage_proof
+from protocol.audit import REFUSAL_ERRORS, ChallengeGate, answer
 from protocol.chunk_cache import DEFAULT_CACHE_BYTES, ChunkCache
 from protocol.chunks import (
     CLOSE_GROUP_SIZE,
@@ -79,6 +79,7 @@ from protocol.payments import (
     refusal,
 )
 from protocol.wire import (
+    STORAGE_PROOF_BYTES,
     Chunk,
     Error,
     ErrorCode,
@@ -448,14 +449,19 @@ class ChunkKeeper(NodeActor):
     def expected_proofs(
         self, nonce: bytes, peer: bytes, addresses: tuple[bytes, ...]
     ) -> dict[bytes, bytes]:
-        """What ``peer`` should answer for the chunks this node holds intact."""
-        expected: dict[bytes, bytes] = {}
-        for address in addresses:
+        """What ``peer`` should answer for the chunks this node holds intact: the answers
+        this node would give in its place, proofs only."""
+
+        def content_of(address: bytes) -> bytes | None:
             record = self.database.get_chunk(address)
-            content = None if record is None else self._checked_content(record)
-            if content is not None:
-                expected[address] = storage_proof(nonce, peer, address, content)
-        return expected
+            return None if record is None else self._checked_content(record)
+
+        answers = answer(nonce, peer, addresses, content_of, responsible=())
+        return {
+            address: proof
+            for address, proof in zip(addresses, answers, strict=True)
+            if len(proof) == STORAGE_PROOF_BYTES
+        }
 
     def claim(self, address: bytes) -> bool:
         """This node is responsible for ``address``: promote a cached copy; whether it is held."""

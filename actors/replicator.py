@@ -105,7 +105,6 @@ class _Claimed(Event):
     """The offered chunks the ChunkKeeper does not hold (to fetch), and whom to answer."""
 
     peer_id: bytes
-    offered: tuple[bytes, ...]
     missing: tuple[bytes, ...]
     reply: Any = field(repr=False)
 
@@ -174,8 +173,8 @@ class Replicator(NodeActor):
                 self._offer({peer_id: list(addresses)})
             case InboundRequest(peer_id=peer_id, message=Offer(addresses=addresses), reply=reply):
                 self._take_offer(peer_id, addresses, reply)
-            case _Claimed(peer_id=peer_id, offered=offered, missing=missing, reply=reply):
-                reply(OfferAck(self._claimed(peer_id, offered, missing)))
+            case _Claimed(peer_id=peer_id, missing=missing, reply=reply):
+                reply(OfferAck(self._claimed(peer_id, missing)))
             case _Fetched(address=address, source=source, outcome=outcome):
                 self._fetched(address, source, outcome)
             case _Stored(address=address, source=source, size=size, reply=reply):
@@ -300,13 +299,13 @@ class Replicator(NodeActor):
         offered = tuple(to_claim)
 
         def claimed(missing: list[bytes]) -> None:
-            self.tell_self(_Claimed(peer_id, offered, tuple(missing), reply))
+            self.tell_self(_Claimed(peer_id, tuple(missing), reply))
 
         self.keeper.tell(ClaimChunks(offered, claimed))
 
-    def _claimed(self, peer_id: bytes, offered: Sequence[bytes], missing: Sequence[bytes]) -> int:
-        """Queue the claimed chunks not held here; how many."""
-        del offered  # the ones held were promoted or are here already
+    def _claimed(self, peer_id: bytes, missing: Sequence[bytes]) -> int:
+        """Queue the claimed chunks not held here (the others were promoted from the cache
+        or are held already); how many."""
         wanted = 0
         for address in missing:
             if self.queue.want(address, [peer_id]):

@@ -82,8 +82,8 @@ def patch(mode: str, fraction: float) -> None:
         chunk_keeper.answer = lying_answer  # type: ignore[attr-defined]
     else:
 
-        def claimed(self: Any, peer_id: bytes, offered: Any, missing: Sequence[bytes]) -> int:
-            del self, peer_id, offered
+        def claimed(self: Any, peer_id: bytes, missing: Sequence[bytes]) -> int:
+            del self, peer_id
             return len(missing)  # "yes, I will fetch them": and never does
 
         replicator.Replicator._claimed = claimed  # type: ignore[method-assign]
