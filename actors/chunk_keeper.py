@@ -244,10 +244,7 @@ class ChunkKeeper(NodeActor):
             case DemoteChunks(addresses=addresses):
                 return self.demote(addresses)
             case HeldChunks(reply=reply):
-                held = self.database.list_chunk_addresses(ChunkKind.RESPONSIBLE)
-                if reply is None:
-                    return held
-                reply(held)
+                reply(self.database.list_chunk_addresses(ChunkKind.RESPONSIBLE))
             case Tick(now=now):
                 while self._lost_at_start:  # the Replicator is running by the first tick
                     self.on_lost(ChunkLost(self._lost_at_start.pop()))

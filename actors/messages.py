@@ -165,11 +165,10 @@ class HoldsChunks:
 
 
 @dataclass(frozen=True, slots=True)
-class HeldChunks:
-    """To ChunkKeeper: the addresses of every chunk held as responsible, given to ``reply``
-    (an actor's way), or returned when there is no ``reply`` (an ``ask`` of a test)."""
+class HeldChunks(Event):
+    """To ChunkKeeper: the addresses of every chunk held as responsible, given to ``reply``."""
 
-    reply: Callable[[list[bytes]], None] | None = field(default=None, repr=False)
+    reply: Callable[[list[bytes]], None] = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)

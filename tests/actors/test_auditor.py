@@ -280,7 +280,7 @@ class _Keeper(pykka.ThreadingActor):
         self.address = chunk_address(content)
 
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, HeldChunks) and message.reply is not None:
+        if isinstance(message, HeldChunks):
             message.reply([self.address])
         elif isinstance(message, ExpectProofs):
             message.reply(

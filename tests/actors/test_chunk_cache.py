@@ -36,6 +36,9 @@ class Keeper(KeeperHarness):
     def ask(self, message: Any) -> Any:
         return self.ref.ask(message, block=True, timeout=5)
 
+    def held(self) -> list[bytes]:
+        return held_by(self.ref)
+
     def status(self) -> dict[str, Any]:
         status: dict[str, Any] = self.ask(StatusQuery())
         return status
@@ -43,6 +46,14 @@ class Keeper(KeeperHarness):
     def kind(self, address: bytes) -> ChunkKind | None:
         record = self.database.get_chunk(address)
         return None if record is None else record.kind
+
+
+def held_by(keeper: Any) -> list[bytes]:
+    """The keeper's responsible chunks, asked the way the actors ask (``reply``)."""
+    future: NotifyingFuture[list[bytes]] = NotifyingFuture()
+    keeper.tell(HeldChunks(reply=future.set))
+    held: list[bytes] = future.get(timeout=5)
+    return held
 
 
 @pytest.fixture
@@ -70,7 +81,7 @@ def test_demote_serve_evict_promote(keeper: Keeper) -> None:
     assert keeper.ask(DemoteChunks((addr_a,))) == 1
     assert keeper.kind(addr_a) is ChunkKind.CACHE
     assert totals(keeper.status()) == (2, 2000, 1, 1000)
-    assert keeper.ask(HeldChunks()) == sorted([addr_b, addr_c])
+    assert keeper.held() == sorted([addr_b, addr_c])
     assert keeper.ask(HoldsChunks((addr_a,))) == [True]
     assert keeper.ask(DemoteChunks((addr_a,))) == 0, "already cached"
 
@@ -97,7 +108,7 @@ def test_demote_serve_evict_promote(keeper: Keeper) -> None:
     assert keeper.request(PutChunk(addr_a, a)) == PutAck(addr_a)
     assert keeper.kind(addr_a) is ChunkKind.RESPONSIBLE
     assert totals(keeper.status()) == (1, 1000, 1, 1000)
-    assert keeper.ask(HeldChunks()) == [addr_a]
+    assert keeper.held() == [addr_a]
     assert keeper.stored[-1] == ChunkStored(addr_a, 1000)
     assert keeper.request(GetChunk(addr_a)) == Chunk(addr_a, a)
     assert keeper.status()["cache_hits"] == 2
@@ -181,7 +192,7 @@ def test_restart_reloads_the_cache_and_applies_a_smaller_bound(tmp_path: Path) -
         # the oldest stored is evicted first after a restart (last use is not persisted)
         assert not again.files.exists(addresses[0])
         assert again.database.get_chunk(addresses[0]) is None
-        assert again.ask(HeldChunks()) == [responsible]
+        assert again.held() == [responsible]
         for address, content in zip(addresses[1:], contents[1:], strict=True):
             assert again.request(GetChunk(address)) == Chunk(address, content)
         assert again.status()["cache_hits"] == 2
@@ -306,7 +317,7 @@ def test_a_holder_pushed_out_by_joiners_keeps_the_chunk_as_cache_and_serves_it(
         for address in addresses:
             assert all(_kind(n, address) is ChunkKind.RESPONSIBLE for n in staying[address])
             for node in pushed_out[address]:
-                assert address not in node.refs["ChunkKeeper"].ask(HeldChunks(), timeout=5)
+                assert address not in held_by(node.refs["ChunkKeeper"])
 
         # a pushed-out holder still serves its cached copy, over the network
         asker = joiners[0]
