@@ -18,7 +18,7 @@ Chunks this node is no longer responsible for are kept as a bounded cache
 (``DemoteChunks`` from the Replicator), apart from the responsible storage: cached
 bytes count against ``cache_size``, not ``max_storage``, and the least recently
 used are deleted past the bound (``protocol.chunk_cache``). Cached chunks are served
-to GETs like responsible ones; a PUT or a claim (``ClaimChunk``) of a cached chunk
+to GETs like responsible ones; a PUT or a claim (``ClaimChunks``) of a cached chunk
 this node is responsible for promotes it back to responsible.
 """
 
@@ -37,7 +37,6 @@ from actors.base import NodeActor
 from actors.messages import (
     ChunkLost,
     ChunkStored,
-    ClaimChunk,
     ClaimChunks,
     DemoteChunks,
     Event,
@@ -237,8 +236,6 @@ class ChunkKeeper(NodeActor):
                 self.known_peers = tuple(peers)
             case HoldsChunks(addresses=addresses):
                 return [self.database.get_chunk(a) is not None for a in addresses]
-            case ClaimChunk(address=address):
-                return self.claim(address)
             case ClaimChunks(addresses=addresses, reply=reply):
                 reply([a for a in addresses if not self.claim(a)])
             case DemoteChunks(addresses=addresses):

@@ -172,18 +172,10 @@ class HeldChunks(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class ClaimChunk:
-    """Ask ChunkKeeper: this node is responsible for the chunk; is it held (responsible or
-    cached)? A cached copy is promoted to responsible on the way (re-verified, within the
-    storage limit), so it need not be fetched. False: fetch it."""
-
-    address: bytes
-
-
-@dataclass(frozen=True, slots=True)
 class ClaimChunks(Event):
-    """To ChunkKeeper: ``ClaimChunk`` for each address; ``reply`` gets those not held
-    (to fetch)."""
+    """To ChunkKeeper: this node is responsible for these chunks; ``reply`` gets those not
+    held (to fetch). A cached copy is promoted to responsible on the way (re-verified,
+    within the storage limit), so it need not be fetched."""
 
     addresses: tuple[bytes, ...]
     reply: Callable[[list[bytes]], None] = field(repr=False)

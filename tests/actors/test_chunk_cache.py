@@ -13,7 +13,7 @@ import pytest
 from actors.futures import NotifyingFuture
 from actors.messages import (
     ChunkStored,
-    ClaimChunk,
+    ClaimChunks,
     DemoteChunks,
     HeldChunks,
     HoldsChunks,
@@ -38,6 +38,13 @@ class Keeper(KeeperHarness):
 
     def held(self) -> list[bytes]:
         return held_by(self.ref)
+
+    def claim(self, address: bytes) -> bool:
+        """Whether the keeper holds ``address`` once it claims it (False: fetch it)."""
+        future: NotifyingFuture[list[bytes]] = NotifyingFuture()
+        self.ref.tell(ClaimChunks((address,), future.set))
+        to_fetch: list[bytes] = future.get(timeout=5)
+        return to_fetch == []
 
     def status(self) -> dict[str, Any]:
         status: dict[str, Any] = self.ask(StatusQuery())
@@ -141,17 +148,17 @@ def test_a_claim_promotes_a_sound_cached_copy_and_drops_a_bad_one(keeper: Keeper
     assert totals(keeper.status()) == (0, 0, 2, 1500)
     stored_before = len(keeper.stored)
 
-    assert keeper.ask(ClaimChunk(addr_a)) is True
+    assert keeper.claim(addr_a) is True
     assert keeper.kind(addr_a) is ChunkKind.RESPONSIBLE
     assert keeper.stored[stored_before:] == [ChunkStored(addr_a, 700)], "offered on"
-    assert keeper.ask(ClaimChunk(addr_a)) is True
+    assert keeper.claim(addr_a) is True
 
     keeper.files.path_of(addr_b).write_bytes(b"rot")
-    assert keeper.ask(ClaimChunk(addr_b)) is False, "fetch it: the cached copy is bad"
+    assert keeper.claim(addr_b) is False, "fetch it: the cached copy is bad"
     assert keeper.database.get_chunk(addr_b) is None
     assert (keeper.files.quarantine_dir / addr_b.hex()).exists()
     assert keeper.lost == []
-    assert keeper.ask(ClaimChunk(os.urandom(32))) is False
+    assert keeper.claim(os.urandom(32)) is False
     assert totals(keeper.status()) == (1, 700, 0, 0)
 
 
