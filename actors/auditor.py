@@ -56,7 +56,7 @@ from protocol.audit import (
 )
 from protocol.errors import RemoteError
 from protocol.trust import PeerTrust, TrustBook, TrustEvent
-from protocol.wire import Error, ErrorCode, Message, StorageAnswers, StorageChallenge
+from protocol.wire import Error, Message, StorageAnswers, StorageChallenge
 
 log = logging.getLogger(__name__)
 
@@ -219,11 +219,7 @@ class Auditor(NodeActor):
             report = judge(challenge, expected, reply.answers)
         elif isinstance(reply, Error):
             report = judge_error(challenge, reply.code)
-        elif (
-            isinstance(outcome.error, RemoteError) and outcome.error.code is not ErrorCode.INTERNAL
-        ):
-            # the Transport fails a request answered by a wire Error with RemoteError (an
-            # INTERNAL one may be a stream reset by a peer shutting down: no evidence)
+        elif isinstance(outcome.error, RemoteError):  # how the Transport hands a wire Error
             report = judge_error(challenge, outcome.error.code)
         else:
             report = judge_error(challenge, None)

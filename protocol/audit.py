@@ -201,10 +201,14 @@ def judge(
     return AuditReport(peer, kind, outcome, tuple(events), tuple(missing), **counts)
 
 
+_NO_EVIDENCE: Final = frozenset({ErrorCode.BUSY, ErrorCode.INTERNAL})
+
+
 def judge_error(challenge: Challenge, code: ErrorCode | None) -> AuditReport:
     """The peer answered ``Error(code)``, or nothing (``code`` None: timeout, unreachable).
-    Busy or no answer is no evidence; any other refusal is."""
-    if code is None or code is ErrorCode.BUSY:
+    Busy, internal (also what a stream reset by a peer shutting down reads as) or no
+    answer is no evidence; any other refusal is."""
+    if code is None or code in _NO_EVIDENCE:
         return AuditReport(challenge.peer, challenge.kind, AuditOutcome.UNANSWERED)
     return AuditReport(
         challenge.peer, challenge.kind, AuditOutcome.REFUSED, (TrustEvent.CHECK_REFUSED,)

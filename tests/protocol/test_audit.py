@@ -218,7 +218,7 @@ def test_a_replayed_answer_fails() -> None:
 
 def test_judge_error_busy_or_silence_is_no_evidence() -> None:
     c = challenge()
-    for code in (None, ErrorCode.BUSY):
+    for code in (None, ErrorCode.BUSY, ErrorCode.INTERNAL):  # INTERNAL: also a reset stream
         report = judge_error(c, code)
         assert report.outcome is AuditOutcome.UNANSWERED
         assert report.events == ()
