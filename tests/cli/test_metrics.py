@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from cli.metrics import MetricsServer, render
+from tests.cli.samples import audits_section
 
 STATUS: dict[str, Any] = {
     "actors": {
@@ -117,23 +118,7 @@ def test_served_over_http() -> None:
         server.stop()
 
 
-AUDITS: dict[str, Any] = {
-    "enabled": True,
-    "interval": 900.0,
-    "sent": 12,
-    "passed": 10,
-    "failed": 1,
-    "unanswered": 1,
-    "missing": 3,
-    "possession_checks": 4,
-    "answered": 9,
-    "refused": {"busy": 2, "replayed": 1, "malformed": 0, "not_responsible": 0},
-    "shunned": ["dd" * 32],
-    "trust": {
-        "aa" * 32: {"score": 1.25, "passed": 3, "failed": 0},
-        "dd" * 32: {"score": -2.5, "passed": 3, "failed": 1},
-    },
-}
+AUDITS = audits_section()
 
 
 def type_names(text: str) -> list[str]:

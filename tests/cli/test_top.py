@@ -27,35 +27,11 @@ from rich.console import Console
 from cli.control import ControlError
 from cli.main import main, print_status
 from cli.top import StatusPoller, format_ant, format_duration, render, run_top
+from tests.cli.samples import FAR, OTHER, SHUNNED, audits_section
 from tests.cli.test_run_and_status import wait_for_status
 
 PEER_ID = "1d4e1d58aed80781d690718de00513c13b1d2ae38861f83d48a2f190dd98cde3"
-OTHER = "aa" * 32
-FAR = "cc" * 32
 REWARDS = "0x" + "5a" * 20
-SHUNNED = "dd" * 32
-
-
-def audits_section() -> dict[str, Any]:
-    """The ``audits`` section of ``status``, as the Auditor reports it."""
-    return {
-        "enabled": True,
-        "interval": 900.0,
-        "sent": 12,
-        "passed": 10,
-        "failed": 1,
-        "unanswered": 1,
-        "missing": 3,
-        "possession_checks": 4,
-        "answered": 9,
-        "refused": {"busy": 2, "replayed": 1, "malformed": 0, "not_responsible": 0},
-        "shunned": [SHUNNED],
-        "trust": {
-            OTHER: {"score": 1.25, "passed": 3, "failed": 0},
-            SHUNNED: {"score": -2.5, "passed": 3, "failed": 1},
-            FAR: {"score": 0.0, "passed": 1, "failed": 0},
-        },
-    }
 
 
 def full_status() -> dict[str, Any]:
