@@ -1,4 +1,4 @@
-"""CloseGroupTracker: the node's own close group, close groups of addresses, and change events."""
+"""CloseGroupTracker: the node's own close group, and its changes announced to subscribers."""
 
 from __future__ import annotations
 
@@ -9,9 +9,6 @@ from typing import Any
 from actors.base import NodeActor
 from actors.messages import (
     CloseGroupChanged,
-    CloseGroupOf,
-    KnownPeers,
-    OwnCloseGroup,
     RoutingChanged,
     StatusQuery,
     SubscribeCloseGroup,
@@ -49,12 +46,6 @@ class CloseGroupTracker(NodeActor):
                 if self.view.group:
                     notify(CloseGroupChanged(self.view.group, (), self.view.group))
                 return None
-            case CloseGroupOf(address=address, count=count, include_self=include_self):
-                return self.view.close_group_of(address, count, include_self)
-            case OwnCloseGroup():
-                return self.view.group
-            case KnownPeers():
-                return self.view.peers
             case StatusQuery():
                 return {"close_group": [p.hex() for p in self.view.group]}
         return super().on_receive(message)

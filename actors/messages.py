@@ -95,25 +95,6 @@ class SubscribeCloseGroup:
 
 
 @dataclass(frozen=True, slots=True)
-class CloseGroupOf:
-    """Ask: the ``count`` known peers closest to ``address`` (optionally counting this node)."""
-
-    address: bytes
-    count: int = 5
-    include_self: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class OwnCloseGroup:
-    """Ask: the node's own close group, closest first."""
-
-
-@dataclass(frozen=True, slots=True)
-class KnownPeers:
-    """Ask: every peer id the close-group tracker knows."""
-
-
-@dataclass(frozen=True, slots=True)
 class AddressObserved(Event):
     """A peer reported the address it saw this node's connection come from."""
 
