@@ -151,6 +151,25 @@ class _PaymentJudged(Event):
     verdict: ProofVerdict
 
 
+class _Responsible:
+    """The addresses this node is responsible for, judged only when asked (a challenge
+    refused for its cost must not cost the judging first) and once per address."""
+
+    def __init__(self, own_id: bytes, known_peers: tuple[bytes, ...]) -> None:
+        self.own_id = own_id
+        self.known_peers = known_peers
+        self._judged: dict[object, bool] = {}
+
+    def __contains__(self, address: object) -> bool:
+        judged = self._judged.get(address)
+        if judged is None:
+            judged = isinstance(address, bytes) and is_responsible(
+                self.own_id, address, self.known_peers, _QUOTE_PLACES
+            )
+            self._judged[address] = judged
+        return judged
+
+
 class ChunkKeeper(NodeActor):
     name = "ChunkKeeper"
 
@@ -423,8 +442,7 @@ class ChunkKeeper(NodeActor):
         addresses = challenge.addresses
         records = {a: self.database.get_chunk(a) for a in set(addresses)}
         sizes = {a: r.size for a, r in records.items() if r is not None}
-        known = self.known_peers
-        responsible = {a for a in addresses if is_responsible(self.own_id, a, known, _QUOTE_PLACES)}
+        responsible = _Responsible(self.own_id, self.known_peers)
         refusal = self.gate.admit(
             peer_id, challenge.nonce, addresses, sizes, responsible, time.time()
         )
