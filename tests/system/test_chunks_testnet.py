@@ -12,6 +12,7 @@ import pytest
 
 from cli.control import request
 from cli.testnet import NodeEntry, add_nodes, replica_counts
+from protocol.chunks import CLOSE_GROUP_SIZE
 from protocol.self_encryption import StreamEncryptor
 from protocol.xor import closest
 from tests.system.conftest import NODE_ARGS, Testnet
@@ -78,16 +79,18 @@ def test_after_eight_kill_9_everything_is_gettable_and_back_to_five_replicas(
 ) -> None:
     source, address, chunks = stored
     ids = [bytes.fromhex(n.peer_id) for n in testnet_25.nodes]
-    # Kill holders first: the nodes closest to the chunks, so replicas really are lost.
+    # Kill holders first: the nodes closest to the chunks, so replicas really are lost;
+    # but never every holder of a chunk (eight kills 1 s apart can outrun any repair;
+    # five replicas promise to survive four losses, not five at once).
+    holders = {c: set(closest(c, ids, CLOSE_GROUP_SIZE)) for c in chunks}
     victims = {p for c in chunks for p in closest(c, ids, 2)}
-    doomed = [
-        n
-        for n in testnet_25.alive
-        if bytes.fromhex(n.peer_id) in victims and n is not testnet_25.nodes[0]
-    ][:8]
-    doomed += [n for n in testnet_25.alive if n not in doomed and n is not testnet_25.nodes[0]][
-        : 8 - len(doomed)
-    ]
+    candidates = [n for n in testnet_25.alive if n is not testnet_25.nodes[0]]
+    candidates.sort(key=lambda n: bytes.fromhex(n.peer_id) not in victims)  # holders first
+    doomed: list[NodeEntry] = []
+    for node in candidates:
+        dead = {bytes.fromhex(n.peer_id) for n in [*doomed, node]}
+        if len(doomed) < 8 and all(h - dead for h in holders.values()):
+            doomed.append(node)
     for node in doomed:
         testnet_25.kill(node)
         time.sleep(1.0)
