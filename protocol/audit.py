@@ -58,8 +58,8 @@ from protocol.xor import closest
 DEFAULT_AUDIT_INTERVAL: Final = 900.0
 """Seconds between two audits of the same peer, on average."""
 POSSESSION_DELAY: Final = 180.0
-"""Seconds after a store (or an offer back) before the chunk's holders are checked; at
-most half the audit interval, so that a peer that lacks what it was offered back is
+"""Seconds after a store (or an offer back, at least ``REFETCH_SECONDS``) before the
+chunk's holders are checked; at most half the audit interval, so that a peer that lacks what it was offered back is
 failed within two audit periods."""
 PROOF_CONTEXT: Final = b"autonomi-actors/storage-proof/v1"
 MISSING: Final = b""
@@ -72,11 +72,15 @@ CHALLENGED_PER_SECOND: Final = 16.0
 a hash of its own copy, and the same at the peer); ``CHALLENGE_BURST`` at once."""
 CHALLENGE_BURST: Final = 4 * MAX_CHALLENGE_ADDRESSES
 MAX_BACKLOG_PER_PEER: Final = 4 * MAX_CHALLENGE_ADDRESSES
+"""Possession checks waiting for one peer; past it, a random few are dropped (the
+periodic audits still sample every shared chunk)."""
+REFETCH_SECONDS: Final = 10.0
+"""An owed chunk is checked again no sooner than this after it was offered back, however
+short the audit interval: an offer, a claim and a fetch take seconds on a slow link or a
+loaded machine (a test network audits every few seconds)."""
 IN_FLIGHT_SECONDS: Final = 120.0
 """A challenge not reported ``done`` after this long is taken as lost (the owner's
 answer timeout is shorter): the peer can be challenged again."""
-"""Possession checks waiting for one peer; past it, a random few are dropped (the
-periodic audits still sample every shared chunk)."""
 
 
 def storage_proof(nonce: bytes, peer_id: bytes, address: bytes, content: bytes) -> bytes:
@@ -344,8 +348,9 @@ class AuditPlanner:
         self._in_flight.pop(report.peer, None)
         if report.offer_back and report.peer in self._joined:
             owed = self._owed.setdefault(report.peer, {})
+            due = now + max(self.possession_delay, REFETCH_SECONDS)
             for address in report.offer_back:
-                owed[address] = now + self.possession_delay
+                owed.setdefault(address, due)  # an earlier due stands
 
     def failed(self, peer: bytes) -> None:
         """A challenge could not be sent (e.g. the auditor's own copies were all bad)."""
@@ -406,7 +411,9 @@ class AuditPlanner:
     ) -> Challenge:
         self._in_flight[peer] = now
         owed_now = self._owed.get(peer, {})
-        owed = frozenset(a for a in addresses if a in owed_now)
+        # Only an owed chunk whose time to arrive is up is held against the peer: an audit
+        # that samples it sooner is an ordinary one (its offer may still be on the way).
+        owed = frozenset(a for a in addresses if owed_now.get(a, now + 1) <= now)
         for address in owed:
             del owed_now[address]
         members = [self.own_id, *known]

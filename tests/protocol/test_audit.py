@@ -18,6 +18,7 @@ from protocol.audit import (
     MAX_BACKLOG_PER_PEER,
     MISSING,
     PLAUSIBLE_DECLINE_RANK,
+    REFETCH_SECONDS,
     AuditOutcome,
     AuditPlanner,
     AuditReport,
@@ -423,6 +424,38 @@ def test_chunks_offered_back_are_checked_again_and_owed() -> None:
     still = judge(again, expected_for(again), [MISSING, MISSING])
     assert still.outcome is AuditOutcome.FAILED
     p.done(still, 121.0)
+
+
+def test_an_audit_sampling_an_owed_chunk_before_it_is_due_does_not_hold_it_against_the_peer() -> (
+    None
+):
+    """The offer may still be on the way: only the re-check when it is due can fail."""
+    rng = random.Random(7)
+    p = planner(interval=5.0, grace=0.0, possession_delay=20.0)
+    peer = PEERS[3]
+    for member in PEERS:
+        p.peer_joined(member, 0.0)
+    lacking = [near(peer, rng) for _ in range(2)]
+    first = Challenge(peer, NONCE, tuple(lacking), ChallengeKind.AUDIT)
+    p.done(judge(first, expected_for(first), [MISSING, MISSING]), 100.0)
+    early = [c for c in p.plan(110.0, lacking, PEERS) if c.peer == peer]
+    assert early and early[0].kind is ChallengeKind.AUDIT and early[0].owed == frozenset()
+    report = judge(early[0], expected_for(early[0]), [MISSING] * len(early[0].addresses))
+    assert report.outcome is AuditOutcome.INCOMPLETE
+    p.done(report, 111.0)  # found missing again: the first due stands
+    assert p.has_checks(120.0)
+    (due,) = [c for c in p.plan(120.0, None, PEERS) if c.peer == peer]
+    assert due.owed == frozenset(lacking)
+
+
+def test_an_owed_chunk_has_at_least_refetch_seconds_to_arrive() -> None:
+    p = planner(interval=1.0, grace=0.0)
+    assert p.possession_delay == 0.5
+    p.peer_joined(PEER, 0.0)
+    c = Challenge(PEER, NONCE, (ADDRS[0],), ChallengeKind.AUDIT)
+    p.done(judge(c, expected_for(c), [MISSING]), 100.0)
+    assert not p.has_checks(100.0 + REFETCH_SECONDS - 0.1)
+    assert p.has_checks(100.0 + REFETCH_SECONDS)
 
 
 def test_offer_back_of_a_departed_peer_is_not_remembered() -> None:
