@@ -96,6 +96,25 @@ DEFAULT_MAX_STORAGE = 10 * 1024**3
 LOCAL_HALF_OPEN_PER_SOURCE = 256
 """Half-open connections one address may hold in ``--local`` mode (every peer of a
 loopback testnet shares one address)."""
+HEAP_TRIM_AFTER_START = 10.0
+HEAP_TRIM_INTERVAL = 300.0
+"""Seconds after start, then between two returns of the C heap's free pages to the OS."""
+
+
+def release_free_heap() -> bool:
+    """Give the C heap's free pages back to the OS; False where that cannot be done.
+
+    glibc keeps what start-up (imports, schema, TLS) and bursts of chunk transfers
+    freed, so an idle node would go on holding megabytes it does not use (1.4 MB of
+    62 per node in a 25-node testnet)."""
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        return False  # not glibc
+    trim(0)
+    return True
 
 
 @dataclass(frozen=True)
@@ -396,7 +415,12 @@ class Node:
             self._cleanup.pop()()
 
     def _tick_loop(self) -> None:
+        trim_at = time.monotonic() + HEAP_TRIM_AFTER_START
         while not self._stopping.wait(self.config.tick_interval):
+            if time.monotonic() >= trim_at:
+                trim_at = time.monotonic() + HEAP_TRIM_INTERVAL
+                if not release_free_heap():
+                    trim_at = float("inf")
             tick = Tick(time.time())
             for ref in list(self.refs.values()):
                 try:
