@@ -1,7 +1,7 @@
 """Figures of a local testnet of real node processes.
 
 Prints: time for ``testnet start``; lookup latency p50/p95 (one lookup at a time,
-timed inside the node); memory (RSS, and PSS, which counts shared pages as a share)
+timed inside the node) and the CPU all nodes spend per lookup; memory (RSS, and PSS, which counts shared pages as a share)
 and idle CPU per node process.
 
 Run: .venv/bin/python bench/bench_testnet.py [--nodes 25] [--lookups 200]
@@ -58,12 +58,17 @@ def main() -> None:
         try:
             time.sleep(5)  # let the joins' refresh lookups settle
             latencies = []
+            cpu_before = sum(cpu_seconds(n.pid) for n in nodes)
             for _ in range(args.lookups):
                 node = random.choice(nodes)
                 result = request(Path(node.root_dir), "lookup", targets=[os.urandom(32).hex()])
                 latencies.append(result[0]["seconds"] * 1000)
             p50, p95 = percentiles(latencies)
+            cpu_per_lookup = (sum(cpu_seconds(n.pid) for n in nodes) - cpu_before) / args.lookups
             print(f"lookup latency over {args.lookups} lookups: p50 {p50:.1f} ms, p95 {p95:.1f} ms")
+            # The latency is CPU-bound (every node on this machine's cores): this figure
+            # tells a slower machine (or a busy neighbour) from slower code.
+            print(f"CPU per lookup, all nodes together: {cpu_per_lookup * 1000:.1f} ms")
             time.sleep(5)
             before = {n.pid: cpu_seconds(n.pid) for n in nodes}
             time.sleep(args.idle_seconds)
