@@ -58,9 +58,9 @@ from protocol.xor import closest
 DEFAULT_AUDIT_INTERVAL: Final = 900.0
 """Seconds between two audits of the same peer, on average."""
 POSSESSION_DELAY: Final = 180.0
-"""Seconds after a store (or an offer back, at least ``REFETCH_SECONDS``) before the
-chunk's holders are checked; at most half the audit interval, so that a peer that lacks what it was offered back is
-failed within two audit periods."""
+"""Seconds after a store (or an offer back, then at least ``REFETCH_SECONDS``) before
+the chunk's holders are checked; at most half the audit interval, so that a peer that
+lacks what it was offered back is failed within two audit periods."""
 PROOF_CONTEXT: Final = b"autonomi-actors/storage-proof/v1"
 MISSING: Final = b""
 DECLINED: Final = b"\x00"
@@ -413,7 +413,7 @@ class AuditPlanner:
         owed_now = self._owed.get(peer, {})
         # Only an owed chunk whose time to arrive is up is held against the peer: an audit
         # that samples it sooner is an ordinary one (its offer may still be on the way).
-        owed = frozenset(a for a in addresses if owed_now.get(a, now + 1) <= now)
+        owed = frozenset(a for a in addresses if a in owed_now and owed_now[a] <= now)
         for address in owed:
             del owed_now[address]
         members = [self.own_id, *known]
