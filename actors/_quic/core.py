@@ -538,15 +538,10 @@ class TransportCore:
             how_now = peer.conn.how
             self._deferred.append(lambda: self.planner.connected(peer_id, how_now, self._now))
             return
-        for conn in self._conns.values():
-            if (
-                conn.role is Role.CLIENT
-                and conn.state in ("quic", "identity")
-                and conn.dial_addr == addr
-                and conn.expected_peer_id == peer_id
-            ):
-                conn.reach = token  # a dial to that address is running: its end decides
-                return
+        running = self._running_dial(addr, peer_id)
+        if running is not None:
+            running.reach = token  # a dial to that address is running: its end decides
+            return
         conn = self._open(addr, peer_id, [], timeout, how)
         conn.reach = token
 
@@ -903,6 +898,14 @@ class TransportCore:
             if peer.conn is not None:
                 self._dial_done(dial_id, expected)
                 return
+        running = self._running_dial(addr, expected)
+        if running is not None:
+            running.dial_ids.append(dial_id)
+            return
+        self._open(addr, expected, [dial_id], wait, how)
+
+    def _running_dial(self, addr: SocketAddress, expected: bytes | None) -> _Conn | None:
+        """The dial to ``addr`` for the peer ``expected`` that is still setting up, if any."""
         for conn in self._conns.values():
             if (
                 conn.role is Role.CLIENT
@@ -910,9 +913,8 @@ class TransportCore:
                 and conn.dial_addr == addr
                 and conn.expected_peer_id == expected
             ):
-                conn.dial_ids.append(dial_id)
-                return
-        self._open(addr, expected, [dial_id], wait, how)
+                return conn
+        return None
 
     def _open(
         self,
