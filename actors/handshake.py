@@ -65,6 +65,29 @@ class HandshakeConfig:
 _Key = tuple[int, int]  # (id of the sink, connection id)
 
 
+def start_handshake(
+    begin: BeginHandshake, signer: Identity, replay_cache: ReplayCache, now: float
+) -> tuple[IdentityHandshake, list[Output]]:
+    """The identity handshake ``begin`` asks for, started: the machine and what it first
+    outputs (without the Hello when the Transport already sent it)."""
+    machine = IdentityHandshake(
+        signer=signer,
+        role=begin.role,
+        cert_hash=begin.cert_hash,
+        now=now,
+        expected_peer_id=begin.expected_peer_id,
+        listen_addrs=begin.listen_addrs,
+        instance=begin.instance,
+        replay_cache=replay_cache,
+        timeout=max(0.0, begin.deadline - now),
+        nonce=begin.nonce,
+    )
+    outputs = machine.start()
+    if begin.hello_sent:
+        outputs = [o for o in outputs if not isinstance(o, Send)]
+    return machine, outputs
+
+
 class Handshake(NodeActor):
     name = "Handshake"
 
@@ -103,25 +126,12 @@ class Handshake(NodeActor):
         return super().on_receive(message)
 
     def _begin(self, begin: BeginHandshake) -> None:
-        now = time.monotonic()
-        machine = IdentityHandshake(
-            signer=self.identity,
-            role=begin.role,
-            cert_hash=begin.cert_hash,
-            now=now,
-            expected_peer_id=begin.expected_peer_id,
-            listen_addrs=begin.listen_addrs,
-            instance=begin.instance,
-            replay_cache=self.replay_cache,
-            timeout=max(0.0, begin.deadline - now),
-            nonce=begin.nonce,
+        machine, outputs = start_handshake(
+            begin, self.identity, self.replay_cache, time.monotonic()
         )
         entry = (machine, begin)
         self._machines[(id(begin.sink), begin.conn_id)] = entry
         self.stats.started += 1
-        outputs = machine.start()
-        if begin.hello_sent:
-            outputs = [o for o in outputs if not isinstance(o, Send)]
         self._apply(entry, outputs)
 
     def _apply(

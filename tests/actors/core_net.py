@@ -31,6 +31,7 @@ from actors._quic.model import (
     ToHandshake,
     TransportConfig,
 )
+from actors.handshake import start_handshake
 from actors.messages import (
     BeginHandshake,
     HandshakeClosed,
@@ -241,20 +242,8 @@ class CoreNode:
         now = self.net.now
         match message:
             case BeginHandshake():
-                machine = IdentityHandshake(
-                    signer=self.identity,
-                    role=message.role,
-                    cert_hash=message.cert_hash,
-                    now=now,
-                    expected_peer_id=message.expected_peer_id,
-                    listen_addrs=message.listen_addrs,
-                    instance=message.instance,
-                    replay_cache=self._replays,
-                    timeout=max(0.0, message.deadline - now),
-                    nonce=message.nonce,
-                )
+                machine, outputs = start_handshake(message, self.identity, self._replays, now)
                 self._machines[message.conn_id] = machine
-                outputs = [o for o in machine.start() if not isinstance(o, Send)]
                 self._apply(message.conn_id, outputs)
             case HandshakeFrame(conn_id=conn_id, message=frame):
                 machine_or_none = self._machines.get(conn_id)
