@@ -57,10 +57,9 @@ from bench._timing import cpu_seconds
 from cli.control import ControlError, request
 from cli.testnet import (
     NodeEntry,
-    _spawn,
-    _wait_joined,
     add_nodes,
     replica_counts,
+    restart_node,
     start,
     stop,
     write_manifest,
@@ -356,8 +355,7 @@ def measure_churn(args: argparse.Namespace, work: Path) -> None:
                 os.waitpid(victim.pid, 0)
                 time.sleep(rng.uniform(2, 8))
                 root = Path(victim.root_dir)
-                proc = _spawn(root, ["--peer", nodes[0].multiaddr, *extra])
-                nodes[i] = _wait_joined(proc, root, True, time.monotonic() + 60)
+                nodes[i] = restart_node(root, nodes[0].multiaddr, extra)
                 write_manifest(directory, nodes)
                 kills += 1
             elif now >= next_join:

@@ -97,6 +97,15 @@ def _spawn(root_dir: Path, extra: list[str]) -> subprocess.Popen[bytes]:
     )
 
 
+def restart_node(
+    root_dir: Path, bootstrap: str, extra_args: Sequence[str] = (), timeout: float = 60.0
+) -> NodeEntry:
+    """Start the node of ``root_dir`` again (after a crash), joining through ``bootstrap``;
+    its manifest entry once it knows a peer."""
+    proc = _spawn(root_dir, ["--peer", bootstrap, *extra_args])
+    return _wait_joined(proc, root_dir, need_peers=True, deadline=time.monotonic() + timeout)
+
+
 def _payment_args(testnet_dir: Path) -> list[str]:
     """A node's payment flags on this testnet: a fresh rewards address and the local
     chain of ``evm.json``; none on a free testnet (no ``evm.json``)."""

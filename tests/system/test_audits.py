@@ -29,10 +29,9 @@ from actors.client import Client
 from cli.control import ControlError, request
 from cli.testnet import (
     NodeEntry,
-    _spawn,
-    _wait_joined,
     add_nodes,
     replica_counts,
+    restart_node,
     start,
     stop,
     write_manifest,
@@ -293,8 +292,7 @@ def test_churn_with_audits_running_shuns_no_honest_node(net: AuditNet) -> None:
         net.kill(victim)
         time.sleep(rng.uniform(2, 6))
         root = Path(victim.root_dir)
-        proc = _spawn(root, ["--peer", net.nodes[0].multiaddr, *NODE_ARGS])
-        back = _wait_joined(proc, root, need_peers=True, deadline=time.monotonic() + 60)
+        back = restart_node(root, net.nodes[0].multiaddr, NODE_ARGS)
         net.killed.remove(victim)
         net.replace(victim, back)
         restarts += 1
