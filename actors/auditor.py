@@ -56,7 +56,7 @@ from protocol.audit import (
 )
 from protocol.errors import RemoteError
 from protocol.trust import PeerTrust, TrustBook, TrustEvent
-from protocol.wire import Error, Message, StorageAnswers, StorageChallenge
+from protocol.wire import Message, StorageAnswers, StorageChallenge
 
 log = logging.getLogger(__name__)
 
@@ -217,9 +217,7 @@ class Auditor(NodeActor):
         report: AuditReport
         if isinstance(reply, StorageAnswers):
             report = judge(challenge, expected, reply.answers)
-        elif isinstance(reply, Error):
-            report = judge_error(challenge, reply.code)
-        elif isinstance(outcome.error, RemoteError):  # how the Transport hands a wire Error
+        elif isinstance(outcome.error, RemoteError):  # the Transport hands a wire Error so
             report = judge_error(challenge, outcome.error.code)
         else:
             report = judge_error(challenge, None)

@@ -188,9 +188,10 @@ def _held_by(net: Net, node: Node) -> list[bytes]:
 
 
 def test_a_flood_of_challenges_from_one_peer_is_refused_busy(net: Net) -> None:
-    # A target that holds a chunk (with 4 chunks, some node may be in no close group).
-    target = next(n for n in net.nodes[1:] if _held_by(net, n))
-    flooder, other = [n for n in net.nodes if n is not target][:2]
+    # The flood comes from the last node, which no other test challenges from; the
+    # target holds a chunk (with 4 chunks, some node may be in no close group).
+    flooder, other = net.nodes[-1], net.nodes[-2]
+    target = next(n for n in net.nodes[:-2] if _held_by(net, n))
     held = _held_by(net, target)
     assert target.transport is not None and flooder.transport is not None
     addrs = target.transport.listen_addrs()
@@ -216,19 +217,19 @@ def test_a_flood_of_challenges_from_one_peer_is_refused_busy(net: Net) -> None:
 
 
 def test_a_replayed_nonce_duplicates_and_foreign_addresses_are_refused(net: Net) -> None:
-    target, challenger = net.nodes[4], net.nodes[5]
-    held = _held_by(net, target)
-    address = held[0] if held else next(iter(net.contents))
+    # a target holding a chunk, challenged by nodes the flood test did not use
+    target = next(n for n in net.nodes[:-2] if _held_by(net, n))
+    challenger, bystander = [n for n in net.nodes[:-2] if n is not target][:2]
+    address = _held_by(net, target)[0]
     nonce = secrets.token_bytes(32)
     first = _request(challenger, target, StorageChallenge(nonce, [address]))
     assert isinstance(first, StorageAnswers)
-    if held:
-        content = net.contents[address]
-        assert first.answers == [storage_proof(nonce, _id(target), address, content)]
+    content = net.contents[address]
+    assert first.answers == [storage_proof(nonce, _id(target), address, content)]
 
     again = _request(challenger, target, StorageChallenge(nonce, [address]))
     assert isinstance(again, Error) and again.code is ErrorCode.REPLAYED
-    stranger = _request(net.nodes[6], target, StorageChallenge(nonce, [address]))
+    stranger = _request(bystander, target, StorageChallenge(nonce, [address]))
     assert isinstance(stranger, Error) and stranger.code is ErrorCode.REPLAYED
 
     twice = _request(challenger, target, StorageChallenge(secrets.token_bytes(32), [address] * 2))
