@@ -29,7 +29,6 @@ from actors.messages import (
     AddressObserved,
     Event,
     FindClosest,
-    InboundRequest,
     PeerConnected,
     RoutingChanged,
     RoutingSnapshot,
@@ -48,11 +47,12 @@ from protocol.routing import (
     PingNeeded,
     PingOutcome,
     RoutingTable,
+    RoutingView,
     StoredPeer,
     Updated,
 )
-from protocol.wire import MAX_SHUNNED_PER_REPLY, FindNode, Message, Nodes, PeerRecord, Ping, Pong
-from protocol.xor import BUCKET_COUNT, bucket_index, closest, random_address_in_bucket
+from protocol.wire import FindNode, Message, Nodes, Ping, Pong
+from protocol.xor import BUCKET_COUNT, bucket_index, random_address_in_bucket
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,7 @@ class BucketManager(NodeActor):
         on_routing_changed: Callable[[RoutingChanged], None],
         *,
         on_address_observed: Callable[[AddressObserved], None] = lambda _event: None,
+        on_view: Callable[[RoutingView], None] = lambda _view: None,
         local: bool = False,
         bootstrap: Sequence[str] = (),
         refresh_interval: float = 300.0,
@@ -134,7 +135,9 @@ class BucketManager(NodeActor):
         self.database = database
         self.on_routing_changed = on_routing_changed
         self.on_address_observed = on_address_observed
+        self.on_view = on_view
         self.table = RoutingTable(own_id, local=local)
+        self._published: RoutingView | None = None
         self.bootstrap = tuple(bootstrap)
         self.refresh_interval = refresh_interval
         self.liveness_interval = liveness_interval
@@ -170,6 +173,7 @@ class BucketManager(NodeActor):
             self._dial(addr)
         if not self.bootstrap and len(self.table):
             self._bootstrap_lookups()  # rejoin through the persisted peers
+        self._publish_view()
 
     def on_stop(self) -> None:
         if self._wake is not None:
@@ -179,15 +183,25 @@ class BucketManager(NodeActor):
     # -- messages ------------------------------------------------------------------
 
     def on_receive(self, message: Any) -> Any:
+        try:
+            return self._receive(message)
+        finally:
+            self._publish_view()
+
+    def _publish_view(self) -> None:
+        """Hand the table's view to ``on_view`` when it changed: the node answers
+        ``FindNode`` from it on the transport's thread, without a hop to this actor."""
+        view = self.table.view()
+        if view is not self._published:
+            self._published = view
+            self.on_view(view)
+
+    def _receive(self, message: Any) -> Any:
         now = time.time()
         match message:
             case PeerConnected(peer_id=peer_id, listen_addrs=addrs, remote_host=host):
                 if addrs:  # a peer that announces no address is a client, not a node
                     self._handle_observe(self.table.observe(peer_id, addrs, host, now), now)
-            case InboundRequest(peer_id=peer_id, message=FindNode(target=target), reply=reply):
-                entries = self.table.closest(target, K, exclude=(peer_id,))
-                shunned = closest(target, self.table.shunned(now), MAX_SHUNNED_PER_REPLY)
-                reply(Nodes([PeerRecord(e.peer_id, list(e.addrs)) for e in entries], shunned))
             case ShunPeer(peer_id=peer_id, until=until):
                 evicted = self.table.shun(peer_id, until)
                 if evicted is not None:

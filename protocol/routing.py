@@ -22,6 +22,11 @@ Rules:
   ``MAX_PEERS_PER_SUBNET`` in the same /24 (IPv6: /48) per bucket, unless the table
   is ``local`` (loopback testnets). Peers whose IP is unknown (``None``) are not
   counted.
+
+``view()`` is an immutable ``RoutingView`` of the peers and their addresses, and of
+the shunned peers: the owner publishes it, so that other threads answer ``FindNode``
+from it without touching the table. A new view is built only after the peers, their
+addresses or the shunned set changed (not when a known peer is merely seen again).
 """
 
 from __future__ import annotations
@@ -30,11 +35,12 @@ import bisect
 import functools
 import ipaddress
 import math
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from protocol.xor import ADDRESS_BYTES, BUCKET_COUNT, bucket_index
+from protocol.wire import MAX_SHUNNED_PER_REPLY, Nodes, PeerRecord
+from protocol.xor import ADDRESS_BYTES, BUCKET_COUNT, bucket_index, closest
 
 K: Final = 20
 """Peers per bucket (and the size of a lookup's result)."""
@@ -152,6 +158,89 @@ def subnet_of(ip: str) -> str:
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
 
 
+@dataclass(frozen=True, slots=True)
+class RoutingView:
+    """An immutable snapshot of a routing table (``RoutingTable.view``): safe to read
+    from any thread while the owner goes on changing the table."""
+
+    own_id: bytes
+    buckets: Mapping[int, tuple[PeerEntry, ...]]
+    """The non-empty buckets by index."""
+    shunned_until: Mapping[bytes, float]
+
+    @classmethod
+    def empty(cls, own_id: bytes) -> RoutingView:
+        return cls(own_id, {}, {})
+
+    def closest(
+        self, target: bytes, count: int = K, exclude: Collection[bytes] = ()
+    ) -> list[PeerEntry]:
+        """As ``RoutingTable.closest``, on this snapshot."""
+        own = int.from_bytes(self.own_id, "big")
+        return _closest_in(self.buckets, own, target, count, exclude)
+
+    def shunned(self, now: float) -> list[bytes]:
+        """Every peer shunned at ``now``."""
+        return [p for p, until in self.shunned_until.items() if now < until]
+
+    def find_node_answer(self, target: bytes, requester: bytes, now: float) -> Nodes:
+        """The answer to ``requester``'s ``FindNode(target)``: the ``K`` peers closest to
+        the target (the requester left out) and the shunned peers closest to it."""
+        entries = self.closest(target, K, exclude=(requester,))
+        shunned = closest(target, self.shunned(now), MAX_SHUNNED_PER_REPLY)
+        return Nodes([PeerRecord(e.peer_id, list(e.addrs)) for e in entries], shunned)
+
+
+def _closest_in(
+    buckets: Mapping[int, Collection[PeerEntry]],
+    own_int: int,
+    target: bytes,
+    count: int,
+    exclude: Collection[bytes],
+) -> list[PeerEntry]:
+    """The ``count`` entries of the (non-empty) ``buckets`` closest to ``target``.
+
+    Each bucket is a contiguous run of the whole table sorted by distance to
+    ``target``, so the buckets are visited in that order (``_buckets_by_distance``)
+    and only the buckets needed are sorted.
+    """
+    if count <= 0:
+        return []
+    t = int.from_bytes(target, "big")
+    found: list[PeerEntry] = []
+    for index in _buckets_by_distance(sorted(buckets), own_int ^ t):
+        entries = list(buckets[index])
+        if exclude:
+            entries = [e for e in entries if e.peer_id not in exclude]
+        entries.sort(key=lambda e: int.from_bytes(e.peer_id, "big") ^ t)
+        found.extend(entries[: count - len(found)])
+        if len(found) >= count:
+            break
+    return found
+
+
+def _buckets_by_distance(indices: list[int], offset: int) -> list[int]:
+    """The bucket ``indices`` (sorted) ordered by the distance of their peers to the
+    target at XOR ``offset`` from the own id.
+
+    A peer of bucket ``j`` is at ``offset ^ x`` from the target, with ``x`` in
+    ``[2**j, 2**(j+1))``. With ``b`` the top bit of ``offset``: bucket ``b`` comes
+    first (distances below ``2**b``); then the buckets ``j < b``, where those with
+    bit ``j`` of ``offset`` set come from the highest ``j`` down and the others after
+    them from the lowest ``j`` up; then the buckets above ``b`` in increasing order
+    (distances at least ``2**j``).
+    """
+    top = offset.bit_length() - 1  # -1 when the target is the own id
+    split = bisect.bisect_left(indices, top)
+    has_top = split < len(indices) and indices[split] == top
+    below = indices[:split]
+    ordered = [top] if has_top else []
+    ordered.extend(j for j in reversed(below) if offset >> j & 1)
+    ordered.extend(j for j in below if not offset >> j & 1)
+    ordered.extend(indices[split + 1 :] if has_top else indices[split:])
+    return ordered
+
+
 class _Bucket:
     __slots__ = ("peers", "pending", "replacements")
 
@@ -194,6 +283,8 @@ class RoutingTable:
         self._size = 0
         self._shunned: dict[bytes, float] = {}
         """Peers kept out of the table, with when that ends (``shun``)."""
+        self._view: RoutingView | None = None
+        """The last ``view()``; None once the peers, an address or the shunned set changed."""
 
     # --- queries -------------------------------------------------------------------
 
@@ -236,47 +327,17 @@ class RoutingTable:
     def closest(
         self, target: bytes, count: int = K, exclude: Collection[bytes] = ()
     ) -> list[PeerEntry]:
-        """The ``count`` peers closest to ``target``, closest first (``exclude`` left out).
+        """The ``count`` peers closest to ``target``, closest first (``exclude`` left out)."""
+        buckets = {i: b.peers.values() for i, b in self._buckets.items() if b.peers}
+        return _closest_in(buckets, self._own_int, target, count, exclude)
 
-        Each bucket is a contiguous run of the whole table sorted by distance to
-        ``target``, so the buckets are visited in that order (``_buckets_by_distance``)
-        and only the buckets needed are sorted.
-        """
-        if count <= 0:
-            return []
-        t = int.from_bytes(target, "big")
-        found: list[PeerEntry] = []
-        for index in self._buckets_by_distance(self._own_int ^ t):
-            entries = list(self._buckets[index].peers.values())
-            if exclude:
-                entries = [e for e in entries if e.peer_id not in exclude]
-            entries.sort(key=lambda e: int.from_bytes(e.peer_id, "big") ^ t)
-            found.extend(entries[: count - len(found)])
-            if len(found) >= count:
-                break
-        return found
-
-    def _buckets_by_distance(self, offset: int) -> list[int]:
-        """Non-empty bucket indices ordered by the distance of their peers to the
-        target at XOR ``offset`` from the own id.
-
-        A peer of bucket ``j`` is at ``offset ^ x`` from the target, with ``x`` in
-        ``[2**j, 2**(j+1))``. With ``b`` the top bit of ``offset``: bucket ``b``
-        comes first (distances below ``2**b``); then the buckets ``j < b``, where
-        those with bit ``j`` of ``offset`` set come from the highest ``j`` down
-        and the others after them from the lowest ``j`` up; then the buckets above
-        ``b`` in increasing order (distances at least ``2**j``).
-        """
-        top = offset.bit_length() - 1  # -1 when the target is the own id
-        indices = sorted(i for i, b in self._buckets.items() if b.peers)
-        split = bisect.bisect_left(indices, top)
-        has_top = split < len(indices) and indices[split] == top
-        below = indices[:split]
-        ordered = [top] if has_top else []
-        ordered.extend(j for j in reversed(below) if offset >> j & 1)
-        ordered.extend(j for j in below if not offset >> j & 1)
-        ordered.extend(indices[split + 1 :] if has_top else indices[split:])
-        return ordered
+    def view(self) -> RoutingView:
+        """The table's peers and shunned peers as they are now, immutable (see the module
+        docstring); the same object until they change."""
+        if self._view is None:
+            buckets = {i: tuple(b.peers.values()) for i, b in self._buckets.items() if b.peers}
+            self._view = RoutingView(self.own_id, buckets, dict(self._shunned))
+        return self._view
 
     # --- liveness ------------------------------------------------------------------
 
@@ -304,10 +365,11 @@ class RoutingTable:
                 reason = self._diversity_violation(bucket, new_ip, ignore=peer_id)
                 if reason is not None:
                     return NotAdded(peer_id, reason)
+            new_addrs = tuple(addrs) if addrs else known.addrs
+            if new_addrs != known.addrs:
+                self._view = None
             del bucket.peers[peer_id]
-            bucket.peers[peer_id] = PeerEntry(
-                peer_id, tuple(addrs) if addrs else known.addrs, new_ip, now, 0
-            )
+            bucket.peers[peer_id] = PeerEntry(peer_id, new_addrs, new_ip, now, 0)
             if bucket.pending is not None and bucket.pending[0] == peer_id:
                 bucket.pending = None
             return Updated(peer_id, index)
@@ -405,6 +467,7 @@ class RoutingTable:
         if len(peer_id) != ADDRESS_BYTES or peer_id == self.own_id:
             return None
         self._shunned[peer_id] = until
+        self._view = None
         return self.remove(peer_id)
 
     def is_shunned(self, peer_id: bytes, now: float) -> bool:
@@ -511,6 +574,7 @@ class RoutingTable:
         else:
             peers[entry.peer_id] = entry
         self._size += 1
+        self._view = None
 
     def _cache_replacement(self, bucket: _Bucket, entry: PeerEntry) -> None:
         """Put ``entry`` in the bucket's replacement cache as its freshest member,
@@ -527,6 +591,7 @@ class RoutingTable:
         bucket = self._buckets[index]
         del bucket.peers[peer_id]
         self._size -= 1
+        self._view = None
         if bucket.pending is not None and bucket.pending[0] == peer_id:
             bucket.pending = None
         replaced_by: bytes | None = None

@@ -483,7 +483,9 @@ class TransportCore:
         return out
 
     def next_event(self) -> CoreEvent | None:
-        """The next event for the owner, or None (call after ``datagrams_to_send``)."""
+        """The next event for the owner, or None. Call it after each input, before
+        ``datagrams_to_send``: a reply given while carrying out ``RequestReceived`` then
+        leaves in the datagram that acknowledges the request."""
         return self._events.popleft() if self._events else None
 
     def has_work(self) -> bool:
@@ -639,6 +641,11 @@ class TransportCore:
         conn.addr = addr
         conn.last_received = now
         self._dirty[conn] = None
+        try:  # requests and replies become events now, before anything is sent: a reply
+            self._process_events(conn)  # the owner gives at once shares the ACK's datagram
+        except Exception:
+            log.exception("connection %d failed on its events", conn.id)
+            self._stack_failed(conn)
 
     def _linger_receive(self, cid: bytes, data: bytes, addr: SocketAddress, now: float) -> None:
         quic, until = self._lingering[cid]

@@ -139,7 +139,11 @@ class _Reply:
             frame = encode_frame(message)
         except WireError as exc:
             frame = encode_frame(Error(ErrorCode.INTERNAL, f"reply cannot be encoded: {exc}"))
-        self._endpoint._post(self._endpoint._reply, self._conn_id, self._stream_id, frame)
+        endpoint = self._endpoint
+        if threading.current_thread() is endpoint._thread:  # answered on the loop itself
+            endpoint._reply(self._conn_id, self._stream_id, frame)
+        else:
+            endpoint._post(endpoint._reply, self._conn_id, self._stream_id, frame)
 
 
 class QuicEndpoint:
@@ -168,6 +172,8 @@ class QuicEndpoint:
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._driving = False
+        """A ``_drive`` is running (on the loop): what the core queues now goes out with it."""
         self._closed = False
         self._local: SocketAddress = (config.host, config.port)
         # loop-thread state
@@ -505,18 +511,27 @@ class QuicEndpoint:
 
     def _reply(self, conn_id: int, stream_id: int, frame: bytes) -> None:
         self.core.reply(conn_id, stream_id, frame, self._time())
-        self._drive()
+        if not self._driving:  # else the running _drive sends it
+            self._drive()
 
     def _drive(self) -> None:
-        """Send what the core has to send, carry out its events, arm the one timer."""
+        """Carry out the core's events, send what it has to send, arm the one timer.
+
+        Events come first, as in aioquic's shell: a request answered on the loop while
+        its event is carried out (``FindNode``) then leaves in the same datagram as the
+        acknowledgement of the request."""
         core = self.core
-        while True:
-            for data, addr in core.datagrams_to_send(self._time()):
-                self._sendto(data, addr)
-            while (event := core.next_event()) is not None:
-                self._carry_out(event)
-            if not core.has_work():  # ICMP errors read while sending feed the core too
-                break
+        outer, self._driving = self._driving, True
+        try:
+            while True:
+                while (event := core.next_event()) is not None:
+                    self._carry_out(event)
+                for data, addr in core.datagrams_to_send(self._time()):
+                    self._sendto(data, addr)
+                if not core.has_work():  # ICMP errors read while sending feed the core too
+                    break
+        finally:
+            self._driving = outer
         self._arm_timer()
 
     def _arm_timer(self) -> None:

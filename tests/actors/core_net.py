@@ -197,13 +197,13 @@ class CoreNode:
                 else:
                     self.core.handshake_finished(conn_id, item, now)
             self._from_handshake.clear()
-            for data, target in self.core.datagrams_to_send(now):
-                self.net.send(self.addr, target, data)
-                busy = True
             events = False
             while (event := self.core.next_event()) is not None:
                 self._carry_out(event)
                 events = busy = True
+            for data, target in self.core.datagrams_to_send(now):
+                self.net.send(self.addr, target, data)
+                busy = True
             if not events and not self._from_handshake and not self.core.has_work():
                 return busy
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 
+from actors._quic.backend import SocketAddress
 from actors._quic.model import RequestDone, RequestReceived
 from actors._quic.timers import Timers
 from protocol.errors import (
@@ -84,6 +85,27 @@ def test_a_request_dials_the_peer_and_gets_its_reply() -> None:
     assert a.ready_connections() == 1 and b.ready_connections() == 1
     assert [e.peer_id for e in a.peer_events] == [b.peer_id]
     assert a.core.stats.requests_sent == 2 and b.core.stats.requests_served == 2
+
+
+def test_a_reply_given_at_once_leaves_in_the_datagram_that_acknowledges_the_request() -> None:
+    net = CoreNet()
+    a, b = net.add(), net.add()
+    first = a.request(b, Ping(nonce=1))
+    assert net.run_until(lambda: first in a.done)
+    net.run_for(1.0)  # the connection is quiet: nothing left to acknowledge
+    sent_by_b: list[int] = []
+    send = net.send
+
+    def record(source: SocketAddress, target: SocketAddress, data: bytes) -> None:
+        if source == b.addr:
+            sent_by_b.append(len(data))
+        send(source, target, data)
+
+    net.send = record  # type: ignore[method-assign]
+    find = a.request(b, FindNode(bytes(32)))  # b's handler answers while it carries it out
+    assert net.run_until(lambda: find in a.done)
+    assert _reply(a, find) == Nodes([])
+    assert len(sent_by_b) == 1, f"b sent {sent_by_b} bytes: an acknowledgement on its own first?"
 
 
 def test_a_dial_by_multiaddr_authenticates_the_peer() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -13,13 +14,16 @@ from protocol.routing import (
     Cached,
     Evicted,
     FailureRecorded,
+    K,
     NotAdded,
     PingNeeded,
     RoutingTable,
+    RoutingView,
     StoredPeer,
     Updated,
     subnet_of,
 )
+from protocol.wire import MAX_SHUNNED_PER_REPLY
 from protocol.xor import bucket_index, closest, random_address_in_bucket
 
 OWN = bytes(range(32))
@@ -295,9 +299,13 @@ def test_closest_equals_brute_force(seed: int, size: int, count: int, target_kin
 # --- invariants under random operations -------------------------------------------
 
 
+def _answer(view: RoutingView, target: bytes, now: float) -> tuple[list[Any], list[bytes]]:
+    return [(e.peer_id, e.addrs) for e in view.closest(target, 8)], sorted(view.shunned(now))
+
+
 OPS = st.lists(
     st.tuples(
-        st.sampled_from(["observe", "observe", "observe", "ping", "fail", "remove"]),
+        st.sampled_from(["observe", "observe", "observe", "ping", "fail", "remove", "shun"]),
         st.integers(0, 60),
         st.booleans(),
     ),
@@ -317,18 +325,33 @@ def test_invariants_hold_under_any_sequence(
     pool.append(own)  # the own id must never get in
     ips = [f"192.0.2.{n % 7}" for n in range(30)] + [f"198.51.100.{n}" for n in range(31)]
     table = RoutingTable(own, k=5, local=local, failure_threshold=3)
+    targets = [rng.randbytes(32) for _ in range(3)]
     now = 0.0
     for op, n, flag in ops:
         now += 1.0
         peer = pool[n]
+        before = table.view()
+        before_answers = [_answer(before, t, now) for t in targets]
         if op == "observe":
-            table.observe(peer, (), ips[n], now)
+            addrs = (f"/ip4/192.0.2.{n}/udp/{1000 + flag}/quic-v1",) if n % 2 else ()
+            table.observe(peer, addrs, ips[n], now)
         elif op == "ping":
             table.ping_result(peer, flag, now)
         elif op == "fail":
             table.record_failure(peer, now)
+        elif op == "shun":
+            table.shun(peer, now + (2.5 if flag else 50.0))
         else:
             table.remove(peer)
+
+        # A view taken earlier never changes; the current one answers as the table does.
+        assert [_answer(before, t, now) for t in targets] == before_answers
+        view = table.view()
+        for target in targets:
+            assert _answer(view, target, now) == (
+                [(e.peer_id, e.addrs) for e in table.closest(target, 8)],
+                sorted(table.shunned(now)),
+            )
 
         entries = table.peers()
         assert len(entries) == len(table)
@@ -458,3 +481,42 @@ def test_shun_promotes_a_replacement_and_drops_a_shunned_replacement() -> None:
     assert table.remove(b) == Evicted(b, 255, replaced_by=None)
     assert table.observe(a, (), None, 7.0) == NotAdded(a, "shunned")
     assert table.observe(d, (), None, 7.0) == NotAdded(d, "shunned")
+
+
+# --- the published view ------------------------------------------------------------------
+
+
+def test_the_view_is_rebuilt_only_when_peers_addresses_or_shunned_peers_change() -> None:
+    table = RoutingTable(OWN)
+    a, b = in_bucket(200, 2)
+    first = table.view()
+    assert table.view() is first
+    table.observe(a, ("/ip4/192.0.2.1/udp/1/quic-v1",), None, 1.0)
+    added = table.view()
+    assert added is not first and [e.peer_id for e in added.closest(a)] == [a]
+    table.observe(a, (), None, 2.0)  # seen again, nothing else changed
+    table.observe(a, ("/ip4/192.0.2.1/udp/1/quic-v1",), None, 3.0)
+    table.record_failure(a, 4.0)
+    assert table.view() is added
+    table.observe(a, ("/ip4/192.0.2.1/udp/2/quic-v1",), None, 5.0)  # it moved
+    moved = table.view()
+    assert moved is not added and moved.closest(a)[0].addrs == ("/ip4/192.0.2.1/udp/2/quic-v1",)
+    table.shun(b, until=100.0)  # not even in the table: still a change of the view
+    assert table.view() is not moved and table.view().shunned(99.0) == [b]
+    assert table.view().shunned(100.0) == []
+
+
+def test_the_find_node_answer_leaves_out_the_requester_and_names_shunned_peers() -> None:
+    table = RoutingTable(OWN, local=True)
+    peers = in_bucket(255, 20) + in_bucket(254, 5)
+    fill(table, peers)
+    shunned = in_bucket(253, MAX_SHUNNED_PER_REPLY + 3)
+    for peer in shunned:
+        table.shun(peer, until=50.0)
+    target, requester = peers[0], peers[1]
+    answer = table.view().find_node_answer(target, requester, now=10.0)
+    others = [p for p in peers if p != requester]
+    assert [r.peer_id for r in answer.peers] == closest(target, others, K)
+    assert answer.peers[0].addrs == list(table.get(target).addrs)  # type: ignore[union-attr]
+    assert answer.shunned == closest(target, shunned, MAX_SHUNNED_PER_REPLY)
+    assert table.view().find_node_answer(target, requester, now=50.0).shunned == []
