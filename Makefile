@@ -9,7 +9,7 @@ TESTNET_DIR ?= $(CURDIR)/data/testnet
 
 EVM_STAMP := contracts/node_modules/.installed-stamp
 
-.PHONY: install run stop test lint typecheck bench system-deps evm-deps clean
+.PHONY: install bytecode run stop test lint typecheck bench system-deps evm-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,15 @@ $(EVM_STAMP): contracts/package-lock.json contracts/package.json
 
 evm-deps: $(EVM_STAMP)
 
-install: $(STAMP) $(EVM_STAMP)
+# Bytecode compiled once, as a pip install of a wheel does (an editable install does not,
+# and PYTHONDONTWRITEBYTECODE keeps Python from writing it): the project at optimisation
+# levels 0 and 2, the installed packages at level 2, which a testnet's nodes run at
+# (cli/testnet.py). Else each node compiles what it imports when it starts.
+bytecode: $(STAMP)
+	$(BIN)/python -m compileall -q -j 0 -o 0 -o 2 actors protocol cli persistence evm migrations bench
+	$(BIN)/python -m compileall -q -j 0 -o 2 $$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') >/dev/null
+
+install: $(STAMP) $(EVM_STAMP) bytecode
 
 # nft (Debian's nftables) and iproute2 serve the NAT lab; tmux serves the TUI test.
 system-deps:
