@@ -7,6 +7,10 @@ them events and carries out what they ask. Remote calls go through a
 
 Only authenticated peers enter the table: peers named in a lookup reply are
 merely candidates until a connection to them passes the identity handshake.
+
+It publishes the table's immutable view (``on_view``) whenever the peers, their
+addresses or the shunned peers change; the node answers ``FindNode`` from that view on
+the transport's thread, so those requests never wait in this mailbox.
 """
 
 from __future__ import annotations

@@ -168,10 +168,6 @@ class RoutingView:
     """The non-empty buckets by index."""
     shunned_until: Mapping[bytes, float]
 
-    @classmethod
-    def empty(cls, own_id: bytes) -> RoutingView:
-        return cls(own_id, {}, {})
-
     def closest(
         self, target: bytes, count: int = K, exclude: Collection[bytes] = ()
     ) -> list[PeerEntry]:
