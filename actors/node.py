@@ -387,7 +387,8 @@ class Node:
 
         ``FindNode`` is answered right here from the BucketManager's published view of
         its table: no hop to another thread, and the reply leaves in the datagram that
-        acknowledges the request: about a quarter less CPU per answer (bench_testnet)."""
+        acknowledges the request. All nodes of a 25-node testnet spend a fifth less CPU
+        per lookup so (``bench/bench_testnet.py``: 17-18 ms before, 13.5-14.5 ms after)."""
         message = request.message
         if isinstance(message, FindNode):
             view = self._routing_view
