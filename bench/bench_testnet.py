@@ -59,16 +59,24 @@ def main() -> None:
             time.sleep(5)  # let the joins' refresh lookups settle
             latencies = []
             cpu_before = sum(cpu_seconds(n.pid) for n in nodes)
+            requester_cpu = 0.0
             for _ in range(args.lookups):
                 node = random.choice(nodes)
+                own_before = cpu_seconds(node.pid)
                 result = request(Path(node.root_dir), "lookup", targets=[os.urandom(32).hex()])
+                requester_cpu += cpu_seconds(node.pid) - own_before
                 latencies.append(result[0]["seconds"] * 1000)
             p50, p95 = percentiles(latencies)
             cpu_per_lookup = (sum(cpu_seconds(n.pid) for n in nodes) - cpu_before) / args.lookups
+            per_requester = requester_cpu / args.lookups
             print(f"lookup latency over {args.lookups} lookups: p50 {p50:.1f} ms, p95 {p95:.1f} ms")
             # The latency is CPU-bound (every node on this machine's cores): this figure
             # tells a slower machine (or a busy neighbour) from slower code.
-            print(f"CPU per lookup, all nodes together: {cpu_per_lookup * 1000:.1f} ms")
+            print(
+                f"CPU per lookup, all nodes together: {cpu_per_lookup * 1000:.1f} ms; the"
+                f" requesting node {per_requester * 1000:.1f} ms (with its control request),"
+                f" each other node {(cpu_per_lookup - per_requester) / (len(nodes) - 1) * 1000:.2f} ms"
+            )
             time.sleep(5)
             before = {n.pid: cpu_seconds(n.pid) for n in nodes}
             time.sleep(args.idle_seconds)
